@@ -1,0 +1,500 @@
+"""Turnout's configuration: YAML in, one validated and frozen model out.
+
+Everything is checked here, once, at load: later code trusts the model and never re-reads the file.
+Every error names the file and the field path and says what is allowed, for example
+``config/turnout.yaml: services.shop.rules[1].split.v3: unknown version 'v3' (versions: v1, v2)``.
+The reference for every field is ``docs/configuration.md``; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+__all__ = [
+    "Condition",
+    "Config",
+    "ConfigError",
+    "DemoApp",
+    "Endpoint",
+    "Limits",
+    "Match",
+    "Rule",
+    "Service",
+    "Split",
+    "Sticky",
+    "Version",
+    "load",
+    "parse",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be served. The message is one line meant for the user."""
+
+    def __init__(self, source: str, path: str, message: str) -> None:
+        self.source, self.path, self.message = source, path, message
+        where = f"{source}: {path}" if path else source
+        super().__init__(f"{where}: {message}")
+
+
+# ----------------------------------------------------------------------------------------------- model
+
+ConditionKind = Literal["exact", "prefix", "regex", "present", "absent"]
+StickyKind = Literal["none", "header", "cookie", "client_ip", "query"]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """One test on a string that may be missing: exact, prefix, regex (full match), present, absent."""
+
+    kind: ConditionKind
+    value: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """All conditions must hold. Header names are lower-case; methods upper-case."""
+
+    headers: tuple[tuple[str, Condition], ...] = ()
+    cookies: tuple[tuple[str, Condition], ...] = ()
+    query: tuple[tuple[str, Condition], ...] = ()
+    path: Condition | None = None
+    methods: frozenset[str] | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.headers or self.cookies or self.query or self.path or self.methods)
+
+
+@dataclass(frozen=True, slots=True)
+class Sticky:
+    """Where a split reads the key that keeps a user on one version."""
+
+    kind: StickyKind = "none"
+    name: str = ""
+    # Cookie stickiness only: give clients without the cookie a random key so they are sticky too.
+    assign: bool = False
+    max_age: int = 31_536_000
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    weights: tuple[tuple[str, int], ...]
+    sticky: Sticky = Sticky()
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    match: Match
+    version: str | None = None
+    split: Split | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    name: str
+    endpoints: tuple[Endpoint, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    name: str
+    hosts: tuple[str, ...]
+    path_prefix: str
+    salt: str
+    versions: tuple[Version, ...]
+    rules: tuple[Rule, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    header_timeout: float = 10.0
+    body_idle_timeout: float = 30.0
+    keepalive_timeout: float = 60.0
+    max_header_bytes: int = 32_768
+    max_connections: int = 10_000
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    max_connections_per_endpoint: int = 1024
+    max_idle_per_endpoint: int = 128
+    shutdown_grace: float = 0.5
+    drain_timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class DemoApp:
+    version: str
+    listen: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str
+    listen: Endpoint
+    limits: Limits
+    services: tuple[Service, ...]
+    demo: tuple[DemoApp, ...] = field(default=())
+
+
+# ----------------------------------------------------------------------------------------------- parsing
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a config file; every failure is a ConfigError naming the file."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, "", f"cannot read file: {exc.strerror}") from None
+    return parse(text, source)
+
+
+def parse(text: str, source: str = "<config>") -> Config:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(source, "", f"not valid YAML{where}") from None
+    return _Parser(source).config(raw)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token: header and cookie names
+_HOST = re.compile(r"^(\*|(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*)$")
+_MAX_WEIGHT_TOTAL = 1_000_000_000
+
+
+class _Parser:
+    """Walks the raw YAML tree keeping the field path, so that errors can name it."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, path: str, message: str) -> ConfigError:
+        return ConfigError(self.source, path, message)
+
+    # -- generic readers
+
+    def mapping(self, value: Any, path: str, allowed: set[str] | None = None) -> Mapping[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(path, f"must be a mapping, got {_kind(value)}")
+        for key in value:
+            if not isinstance(key, str):
+                raise self.fail(path, f"keys must be strings, got {key!r}")
+            if allowed is not None and key not in allowed:
+                raise self.fail(_join(path, key), f"unknown field (allowed: {', '.join(sorted(allowed))})")
+        return value
+
+    def string(self, value: Any, path: str) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.fail(path, f"must be a non-empty string, got {_kind(value)}")
+        return value
+
+    def integer(self, value: Any, path: str, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(path, f"must be an integer {low}..{high}, got {_kind(value)}")
+        if not low <= value <= high:
+            raise self.fail(path, f"must be {low}..{high}, got {value}")
+        return value
+
+    def duration(self, value: Any, path: str) -> float:
+        """Seconds as a number, or a string with a unit: 250ms, 10s, 5m, 1h."""
+        if isinstance(value, bool):
+            raise self.fail(path, "must be a duration such as 10, 10s or 250ms")
+        if isinstance(value, int | float):
+            seconds = float(value)
+        else:
+            found = _DURATION.match(value) if isinstance(value, str) else None
+            if found is None:
+                raise self.fail(path, f"must be a duration such as 10, 10s or 250ms, got {value!r}")
+            seconds = float(found.group(1)) * _UNIT[found.group(2)]
+        if not 0 < seconds <= 86_400:
+            raise self.fail(path, f"must be more than 0 and at most one day, got {value!r}")
+        return seconds
+
+    def endpoint(self, value: Any, path: str) -> Endpoint:
+        text = self.string(value, path)
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise self.fail(path, f"must be host:port, got {text!r}")
+        number = int(port)
+        if not 0 <= number <= 65535:
+            raise self.fail(path, f"port must be 0..65535, got {number}")
+        return Endpoint(host.strip("[]"), number)
+
+    def name(self, value: Any, path: str, what: str) -> str:
+        text = self.string(value, path)
+        if not _NAME.match(text):
+            raise self.fail(path, f"{what} {text!r} must be 1-63 letters, digits, '_', '.' or '-'")
+        return text
+
+    # -- the document
+
+    def config(self, raw: Any) -> Config:
+        top = self.mapping(raw, "", {"listen", "limits", "services", "demo"})
+        listen = self.endpoint(top.get("listen", "127.0.0.1:8080"), "listen")
+        limits = self.limits(top.get("limits"), "limits")
+        services_raw = self.mapping(top.get("services"), "services")
+        if not services_raw:
+            raise self.fail("services", "at least one service is required")
+        services = tuple(
+            self.service(name, value, _join("services", name)) for name, value in services_raw.items()
+        )
+        self.check_unique_routes(services)
+        demo = self.demo(top.get("demo"), "demo")
+        return Config(self.source, listen, limits, services, demo)
+
+    def limits(self, raw: Any, path: str) -> Limits:
+        defaults = Limits()
+        fields = set(Limits.__slots__)
+        given = self.mapping(raw, path, fields)
+        values: dict[str, Any] = {}
+        for key, value in given.items():
+            current = getattr(defaults, key)
+            if isinstance(current, float):
+                values[key] = self.duration(value, _join(path, key))
+            else:
+                values[key] = self.integer(value, _join(path, key), 1, 1 << 30)
+        return Limits(**values)
+
+    def demo(self, raw: Any, path: str) -> tuple[DemoApp, ...]:
+        if raw is None:
+            return ()
+        if not isinstance(raw, list):
+            raise self.fail(path, f"must be a list of {{version, listen}}, got {_kind(raw)}")
+        apps = []
+        for i, item in enumerate(raw):
+            where = f"{path}[{i}]"
+            entry = self.mapping(item, where, {"version", "listen"})
+            version = self.name(entry.get("version"), _join(where, "version"), "version")
+            apps.append(DemoApp(version, self.endpoint(entry.get("listen"), _join(where, "listen"))))
+        return tuple(apps)
+
+    def service(self, name: str, raw: Any, path: str) -> Service:
+        self.name(name, path, "service name")
+        fields = {"hosts", "path_prefix", "salt", "versions", "rules", "split", "sticky", "version"}
+        body = self.mapping(raw, path, fields)
+        hosts = self.hosts(body.get("hosts", ["*"]), _join(path, "hosts"))
+        prefix = body.get("path_prefix", "/")
+        if not isinstance(prefix, str) or not prefix.startswith("/"):
+            raise self.fail(_join(path, "path_prefix"), f"must start with '/', got {prefix!r}")
+        salt = body.get("salt", name)
+        if not isinstance(salt, str):
+            raise self.fail(_join(path, "salt"), f"must be a string, got {_kind(salt)}")
+        versions = self.versions(body.get("versions"), _join(path, "versions"))
+        names = [v.name for v in versions]
+        if "rules" in body:
+            for shorthand in ("split", "sticky", "version"):
+                if shorthand in body:
+                    raise self.fail(_join(path, shorthand), "give either 'rules' or a service-level route")
+            rules_raw = body["rules"]
+            if not isinstance(rules_raw, list) or not rules_raw:
+                raise self.fail(_join(path, "rules"), "must be a non-empty list of rules")
+            rules = tuple(
+                self.rule(item, f"{path}.rules[{i}]", names, i, i == len(rules_raw) - 1)
+                for i, item in enumerate(rules_raw)
+            )
+            seen: set[str] = set()
+            for i, rule in enumerate(rules):
+                if rule.name in seen:
+                    raise self.fail(f"{path}.rules[{i}].name", f"duplicate rule name {rule.name!r}")
+                seen.add(rule.name)
+        else:
+            shorthand = {k: body[k] for k in ("split", "sticky", "version") if k in body}
+            if not shorthand:
+                raise self.fail(path, "needs 'rules', or a 'split' or 'version' to route to")
+            rules = (self.rule({"name": "default", **shorthand}, path, names, 0, True),)
+        return Service(name, hosts, prefix, salt, versions, rules)
+
+    def hosts(self, raw: Any, path: str) -> tuple[str, ...]:
+        if isinstance(raw, str):
+            raw = [raw]
+        if not isinstance(raw, list) or not raw:
+            raise self.fail(path, "must be a host or a non-empty list of hosts")
+        hosts = []
+        for i, item in enumerate(raw):
+            host = self.string(item, f"{path}[{i}]").lower()
+            if not _HOST.match(host):
+                raise self.fail(f"{path}[{i}]", f"{item!r} is not a host name, '*.domain' or '*'")
+            hosts.append(host)
+        return tuple(hosts)
+
+    def versions(self, raw: Any, path: str) -> tuple[Version, ...]:
+        body = self.mapping(raw, path)
+        if not body:
+            raise self.fail(path, "at least one version is required")
+        if len(body) > 255:
+            raise self.fail(path, "at most 255 versions")
+        versions = []
+        for name, value in body.items():
+            where = _join(path, name)
+            self.name(name, where, "version name")
+            if isinstance(value, list):
+                value = {"endpoints": value}
+            entry = self.mapping(value, where, {"endpoints"})
+            endpoints_raw = entry.get("endpoints")
+            if not isinstance(endpoints_raw, list):
+                raise self.fail(_join(where, "endpoints"), "must be a list of host:port")
+            endpoints = tuple(
+                self.endpoint(item, f"{where}.endpoints[{i}]") for i, item in enumerate(endpoints_raw)
+            )
+            versions.append(Version(name, endpoints))
+        return tuple(versions)
+
+    def rule(self, raw: Any, path: str, versions: list[str], index: int, last: bool) -> Rule:
+        body = self.mapping(raw, path, {"name", "match", "version", "split", "sticky"})
+        name = self.name(body.get("name", "default" if last else f"rule-{index}"), _join(path, "name"), "rule")
+        match = self.match(body.get("match"), _join(path, "match"))
+        if last and not match.is_empty:
+            raise self.fail(_join(path, "match"), "the last rule is the default and must not have a match")
+        if not last and match.is_empty:
+            raise self.fail(_join(path, "match"), "only the last rule may match every request")
+        if ("version" in body) == ("split" in body):
+            raise self.fail(path, "needs exactly one destination: 'version' or 'split'")
+        if "version" in body:
+            if "sticky" in body:
+                raise self.fail(_join(path, "sticky"), "stickiness needs a 'split'")
+            target = self.string(body["version"], _join(path, "version"))
+            if target not in versions:
+                raise self.fail(_join(path, "version"), _unknown_version(target, versions))
+            return Rule(name, match, version=target)
+        split = self.split(body["split"], body.get("sticky"), path, versions)
+        return Rule(name, match, split=split)
+
+    def split(self, raw: Any, sticky_raw: Any, path: str, versions: list[str]) -> Split:
+        where = _join(path, "split")
+        body = self.mapping(raw, where)
+        if not body:
+            raise self.fail(where, "must give a weight to at least one version")
+        weights = []
+        for name, value in body.items():
+            if name not in versions:
+                raise self.fail(_join(where, name), _unknown_version(name, versions))
+            weights.append((name, self.integer(value, _join(where, name), 0, _MAX_WEIGHT_TOTAL)))
+        total = sum(w for _, w in weights)
+        if total <= 0:
+            raise self.fail(where, "at least one weight must be more than 0")
+        if total > _MAX_WEIGHT_TOTAL:
+            raise self.fail(where, f"weights must add up to at most {_MAX_WEIGHT_TOTAL}, got {total}")
+        return Split(tuple(weights), self.sticky(sticky_raw, _join(path, "sticky")))
+
+    def sticky(self, raw: Any, path: str) -> Sticky:
+        if raw is None or raw == "none":
+            return Sticky()
+        if raw == "client_ip":
+            return Sticky("client_ip")
+        body = self.mapping(raw, path, {"header", "cookie", "query", "client_ip", "assign", "max_age"})
+        kinds = [k for k in ("header", "cookie", "query", "client_ip") if k in body]
+        if len(kinds) != 1:
+            raise self.fail(path, "give exactly one of header, cookie, query or client_ip")
+        kind = kinds[0]
+        assign = body.get("assign", False)
+        if not isinstance(assign, bool):
+            raise self.fail(_join(path, "assign"), "must be true or false")
+        if assign and kind != "cookie":
+            raise self.fail(_join(path, "assign"), "only cookie stickiness can assign keys")
+        max_age = self.integer(body.get("max_age", 31_536_000), _join(path, "max_age"), 1, 1 << 31)
+        if kind == "client_ip":
+            if body["client_ip"] is not True:
+                raise self.fail(_join(path, "client_ip"), "must be true")
+            return Sticky("client_ip")
+        name = self.string(body[kind], _join(path, kind))
+        if kind != "query" and not _TOKEN.match(name):
+            raise self.fail(_join(path, kind), f"{name!r} is not a valid {kind} name")
+        return Sticky(kind, name.lower() if kind == "header" else name, assign, max_age)
+
+    def match(self, raw: Any, path: str) -> Match:
+        body = self.mapping(raw, path, {"headers", "cookies", "query", "path", "method"})
+        headers = self.conditions(body.get("headers"), _join(path, "headers"), lower=True)
+        cookies = self.conditions(body.get("cookies"), _join(path, "cookies"), lower=False)
+        query = self.conditions(body.get("query"), _join(path, "query"), lower=False)
+        path_cond = None
+        if "path" in body:
+            path_cond = self.condition(body["path"], _join(path, "path"))
+            if path_cond.kind in ("present", "absent"):
+                raise self.fail(_join(path, "path"), "use exact, prefix or regex for a path")
+        methods = None
+        if "method" in body:
+            raw_methods = body["method"]
+            items = [raw_methods] if isinstance(raw_methods, str) else raw_methods
+            if not isinstance(items, list) or not items:
+                raise self.fail(_join(path, "method"), "must be a method or a list of methods")
+            methods = frozenset(
+                self.string(m, f"{path}.method[{i}]").upper() for i, m in enumerate(items)
+            )
+        return Match(headers, cookies, query, path_cond, methods)
+
+    def conditions(self, raw: Any, path: str, lower: bool) -> tuple[tuple[str, Condition], ...]:
+        body = self.mapping(raw, path)
+        return tuple(
+            (key.lower() if lower else key, self.condition(value, _join(path, key)))
+            for key, value in body.items()
+        )
+
+    def condition(self, raw: Any, path: str) -> Condition:
+        if isinstance(raw, str):
+            return Condition("exact", raw)
+        body = self.mapping(raw, path, {"exact", "prefix", "regex", "present", "absent"})
+        if len(body) != 1:
+            raise self.fail(path, "give exactly one of exact, prefix, regex, present or absent")
+        ((kind, value),) = body.items()
+        if kind in ("present", "absent"):
+            if value is not True:
+                raise self.fail(_join(path, kind), "must be true")
+            return Condition(kind)
+        if not isinstance(value, str):
+            raise self.fail(_join(path, kind), f"must be a string, got {_kind(value)}")
+        if kind == "regex":
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise self.fail(_join(path, kind), f"bad regular expression: {exc}") from None
+        return Condition(kind, value)
+
+    def check_unique_routes(self, services: tuple[Service, ...]) -> None:
+        seen: dict[tuple[str, str], str] = {}
+        for service in services:
+            for host in service.hosts:
+                key = (host, service.path_prefix)
+                if key in seen:
+                    raise self.fail(
+                        _join("services", service.name),
+                        f"host {host!r} with path_prefix {service.path_prefix!r} is already served by "
+                        f"service {seen[key]!r}",
+                    )
+                seen[key] = service.name
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return type(value).__name__ if not isinstance(value, str) else repr(value)
+
+
+def _unknown_version(name: str, versions: list[str]) -> str:
+    return f"unknown version {name!r} (versions: {', '.join(versions)})"

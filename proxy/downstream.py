@@ -1,0 +1,503 @@
+"""The client side of the hot path: one ``Downstream`` per client connection, an httptools request
+parser, and the checks that keep malformed or ambiguous requests away from upstreams.
+
+httptools (llhttp) already rejects CL+TE, duplicate or signed Content-Length, bad chunk sizes,
+obs-fold, bare LF and bad header characters. On top of that we reject HTTP/0.9 and HTTP/2 preface
+lines, duplicate or (in HTTP/1.1) missing Host, oversize heads, CONNECT and odd request targets.
+Every rejection is answered here, with the connection closed, before any upstream is chosen.
+
+What the upstream receives is rebuilt, never copied: the request line with the raw target bytes (the
+same bytes routing looked at), Host, the end-to-end headers, X-Forwarded-*, and framing headers we
+compute. Hop-by-hop headers and every header the Connection header names are dropped.
+
+Deadlines are attributes compared by the worker's sweeper (``Worker.tick``), not timers: arming a
+timer per request would cost more than the check does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from .exchange import Exchange
+from .http1 import HOP_BY_HOP, Reject, connection_tokens, local_response
+from .routing import Request, normalise_host
+
+if TYPE_CHECKING:
+    from .upstream import UpstreamConnection
+    from .worker import Worker
+
+__all__ = ["Downstream"]
+
+# What a deadline means when it passes.
+NONE, HEADERS, BODY, IDLE, POOL = 0, 1, 2, 3, 4
+NEVER = float("inf")
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+_SET_BY_PROXY = frozenset({b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+_METHODS: dict[bytes, str] = {}
+
+
+class Downstream(asyncio.Protocol):
+    __slots__ = (
+        "buffer_paused",
+        "client_ip",
+        "client_ip_bytes",
+        "closing",
+        "deadline",
+        "deadline_kind",
+        "dead",
+        "header_bytes",
+        "headers",
+        "incoming",
+        "limits",
+        "out",
+        "parser",
+        "queue",
+        "reading",
+        "transport",
+        "tunnel",
+        "upgrading",
+        "upstream_paused",
+        "url",
+        "worker",
+        "write_paused",
+    )
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.limits = worker.limits
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
+        self.parser = httptools.HttpRequestParser(self)
+        self.client_ip = ""
+        self.client_ip_bytes = b""
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.header_bytes = 0
+        self.queue: deque[Exchange] = deque()
+        self.incoming: Exchange | None = None
+        self.upgrading: Exchange | None = None
+        self.tunnel: UpstreamConnection | None = None
+        self.out: list[bytes] = []
+        self.deadline = NEVER
+        self.deadline_kind = NONE
+        self.reading = True
+        self.upstream_paused = False
+        self.buffer_paused = False
+        self.write_paused = False
+        self.closing = False
+        self.dead = False
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+        worker = self.worker
+        if len(worker.downstreams) >= self.limits.max_connections:
+            self.dead = True
+            transport.write(local_response(503, "too many connections", close=True))
+            transport.close()
+            return
+        worker.downstreams.add(self)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.client_ip = peer[0]
+            self.client_ip_bytes = self.client_ip.encode()
+        self.set_deadline(HEADERS, self.limits.header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.transport.write(data)
+            return
+        if self.upgrading is not None:
+            self.upgrading.pending.append(data)
+            return
+        if self.dead:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self.after_upgrade(data[upgrade.args[0] :])
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if not isinstance(cause, Reject):
+                raise
+            self.reject(cause.status, cause.reason)
+            return
+        except httptools.HttpParserError as exc:
+            self.reject(400, f"malformed request: {exc}")
+            return
+        # Exchanges start only after the whole read was parsed: a request that turns out malformed
+        # later in the same read never reaches an upstream, and its head and body leave in one write.
+        self.start_next()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.worker.downstreams.discard(self)
+        self.dead = True
+        while self.queue:
+            self.queue.popleft().cancel()
+        if self.incoming is not None:
+            self.incoming.cancel()
+        if self.tunnel is not None:
+            self.tunnel.transport.close()
+            self.tunnel = None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._upstream_reading(False)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._upstream_reading(True)
+
+    # ------------------------------------------------------------------ httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.header_bytes = 0
+        if self.deadline_kind != HEADERS:
+            self.set_deadline(HEADERS, self.limits.header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.header_bytes += len(url)
+        if self.header_bytes > self.limits.max_header_bytes:
+            raise Reject(414, "request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.incoming is not None:
+            return  # a trailer field: dropped, we only ever promise TE: trailers end to end
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > self.limits.max_header_bytes:
+            raise Reject(431, "request header fields too large")
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        exchange = self.prepare()
+        self.incoming = exchange
+        self.set_deadline(BODY, self.limits.body_idle_timeout)
+        self.enqueue(exchange)
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.incoming
+        if exchange is not None:
+            self.deadline = self.worker.now + self.limits.body_idle_timeout
+            exchange.request_body(body)
+
+    def on_message_complete(self) -> None:
+        exchange, self.incoming = self.incoming, None
+        if self.deadline_kind == BODY:
+            self.set_deadline(NONE, 0)
+        if exchange is not None:
+            exchange.request_end()
+
+    # ------------------------------------------------------------------ the request
+
+    def prepare(self) -> Exchange:
+        """Validate the head, route it, and build the upstream request head."""
+        parser = self.parser
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise Reject(505 if version.startswith("2") else 400, f"HTTP/{version} is not supported")
+        http11 = version == "1.1"
+        method = parser.get_method()
+        if method == b"CONNECT":
+            raise Reject(405, "CONNECT is not supported")
+        host: bytes | None = None
+        length: bytes | None = None
+        chunked = False
+        tokens: set[bytes] | None = None
+        upgrade = b""
+        te_trailers = False
+        expect_continue = False
+        forwarded_for = b""
+        fields: dict[str, str] = {}
+        kept: list[tuple[bytes, bytes, bytes]] = []
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname in HOP_BY_HOP:
+                if lname == b"connection":
+                    tokens = connection_tokens(value) if tokens is None else tokens | connection_tokens(value)
+                elif lname == b"content-length":
+                    length = value
+                elif lname == b"transfer-encoding":
+                    chunked = True
+                elif lname == b"upgrade":
+                    upgrade = value
+                elif lname == b"te":
+                    te_trailers = b"trailers" in value.lower()
+                continue
+            if lname in _SET_BY_PROXY:
+                if lname == b"host":
+                    if host is not None:
+                        raise Reject(400, "duplicate Host header")
+                    host = value
+                elif lname == b"x-forwarded-for":
+                    forwarded_for = value if not forwarded_for else forwarded_for + b", " + value
+                continue
+            if lname == b"expect":
+                expect_continue = value.lower() == b"100-continue"
+            kept.append((lname, name, value))
+        if tokens:
+            kept = [h for h in kept if h[0] not in tokens]
+        for lname, _, value in kept:
+            key = lname.decode("latin-1")
+            text = value.decode("latin-1")
+            previous = fields.get(key)
+            fields[key] = text if previous is None else previous + ("; " if key == "cookie" else ", ") + text
+
+        target, host = self.request_target(method, host)
+        if host is None:
+            if http11:
+                raise Reject(400, "missing Host header")
+            host = b""
+        host_text = host.decode("latin-1")
+        fields["host"] = host_text
+        path, _, query = target.partition(b"?")
+        path_text = path.decode("latin-1")
+
+        has_body = chunked or (length is not None and int(length) > 0)
+        keep_alive = parser.should_keep_alive()
+        close = not keep_alive or expect_continue and has_body
+        head_request = method == b"HEAD"
+        worker = self.worker
+        service = worker.state.find(normalise_host(host_text), path_text)
+        if service is None:
+            return self.local_exchange(404, f"no service for host {host_text!r} and path {path_text!r}",
+                                       close, head_request)
+        method_text = _METHODS.get(method) or _METHODS.setdefault(method, method.decode("latin-1"))
+        request = Request(method_text, path_text, query.decode("latin-1"), fields, self.client_ip)
+        decision = service.decide(request, worker.draw)
+        endpoint = decision.version.pick()
+        if endpoint is None:
+            return self.local_exchange(
+                503, f"no endpoint for version {decision.version.name!r} of service {service.name!r}",
+                close, head_request,
+            )
+
+        forward_upgrade = bool(upgrade) and tokens is not None and b"upgrade" in tokens \
+            and not upgrade.lower().startswith(b"h2c")
+        set_cookie = b""
+        out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
+        for _, name, value in kept:
+            out += (name, b": ", value, b"\r\n")
+        if decision.assigned_key is not None and decision.sticky is not None:
+            sticky = decision.sticky
+            cookie = f"{sticky.name}={decision.assigned_key}".encode()
+            out += (b"Cookie: ", cookie, b"\r\n")  # RFC 6265 allows one Cookie line; merged below
+            set_cookie = b"Set-Cookie: %s; Path=/; Max-Age=%d; HttpOnly; SameSite=Lax\r\n" % (
+                cookie, sticky.max_age)
+        out += (b"X-Forwarded-For: ", forwarded_for + b", " if forwarded_for else b"",
+                self.client_ip_bytes, b"\r\nX-Forwarded-Proto: ", worker.scheme,
+                b"\r\nX-Forwarded-Host: ", host, b"\r\n")
+        if chunked:
+            out.append(b"Transfer-Encoding: chunked\r\n")
+        elif length is not None:
+            out.append(b"Content-Length: %d\r\n" % int(length))
+        if te_trailers:
+            out.append(b"TE: trailers\r\n")
+        if forward_upgrade:
+            out += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n")
+        out.append(b"\r\n")
+        return Exchange(
+            self,
+            head=b"".join(out),
+            target=endpoint,
+            version=decision.version.name,
+            chunked=chunked,
+            head_request=head_request,
+            client_keep_alive=keep_alive,
+            http11=http11,
+            upgrade=forward_upgrade,
+            retryable=method in IDEMPOTENT and not has_body,
+            expect_continue=expect_continue,
+            set_cookie=set_cookie,
+        )
+
+    def request_target(self, method: bytes, host: bytes | None) -> tuple[bytes, bytes | None]:
+        """Origin-form as is; absolute-form normalised to origin-form with its authority as Host
+        (RFC 9112 §3.2.2), so routing and forwarding see the same bytes; '*' for OPTIONS only."""
+        url = self.url
+        if url.startswith(b"/"):
+            return url, host
+        if url == b"*":
+            if method != b"OPTIONS":
+                raise Reject(400, "'*' is only a target for OPTIONS")
+            return url, host
+        lowered = url[:8].lower()
+        if lowered.startswith(b"http://") or lowered.startswith(b"https://"):
+            rest = url[url.index(b"//") + 2 :]
+            end = len(rest)
+            for stop in (b"/", b"?"):
+                found = rest.find(stop)
+                if found != -1:
+                    end = min(end, found)
+            authority, target = rest[:end], rest[end:]
+            if not authority or b"@" in authority:
+                raise Reject(400, "bad authority in request target")
+            if not target.startswith(b"/"):
+                target = b"/" + target
+            return target, authority
+        raise Reject(400, "bad request target")
+
+    def local_exchange(self, status: int, message: str, close: bool, head_request: bool) -> Exchange:
+        response = local_response(status, message, close, head_only=head_request)
+        return Exchange(self, local=response, close_after=close, http11=True)
+
+    # ------------------------------------------------------------------ exchanges in order
+
+    def enqueue(self, exchange: Exchange) -> None:
+        self.queue.append(exchange)
+
+    def start_next(self) -> None:
+        if self.queue and not self.queue[0].started:
+            self.queue[0].start()
+
+    def exchange_finished(self, exchange: Exchange) -> None:
+        queue = self.queue
+        if queue and queue[0] is exchange:
+            queue.popleft()
+        self.flush()
+        self.upstream_paused = False
+        self.buffer_paused = False
+        if exchange.close_after or self.closing and not queue:
+            self.dead = True
+            self.transport.close()
+            return
+        self._update_reading()
+        if queue:
+            self.start_next()
+        elif self.incoming is None and self.deadline_kind != HEADERS:
+            self.set_deadline(IDLE, self.limits.keepalive_timeout)
+
+    def after_upgrade(self, rest: bytes) -> None:
+        """The parser stopped at an upgrade. Either we forward it (tunnel once the upstream agrees),
+        or it was h2c, which we strip: then the connection simply continues as HTTP/1.1."""
+        last = self.queue[-1] if self.queue else None
+        if last is not None and last.upgrade:
+            self.upgrading = last
+            if rest:
+                last.pending.append(rest)
+            self.set_deadline(NONE, 0)
+            return
+        self.parser = httptools.HttpRequestParser(self)
+        if rest:
+            self.data_received(rest)
+
+    def start_tunnel(self, conn: UpstreamConnection, rest: bytes) -> None:
+        exchange = self.upgrading
+        self.upgrading = None
+        self.tunnel = conn
+        conn.tunnel = self.transport
+        if exchange is not None:
+            self.queue.clear()
+            exchange.finished = True
+            if exchange.pending:
+                conn.transport.write(b"".join(exchange.pending))
+                exchange.pending = []
+        self.flush()
+        if rest:
+            self.transport.write(rest)
+        self.set_deadline(NONE, 0)
+
+    # ------------------------------------------------------------------ output and flow control
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+        self.flush()
+
+    def flush(self) -> None:
+        if self.out:
+            if not self.transport.is_closing():
+                self.transport.write(b"".join(self.out))
+            self.out.clear()
+
+    def reject(self, status: int, reason: str) -> None:
+        """Answer a request we refuse to forward, after any earlier responses, then close."""
+        self.dead = True
+        incoming, self.incoming = self.incoming, None
+        if incoming is not None and incoming.started:
+            incoming.fail(status, reason)  # its head is already upstream: cut that off too
+            return
+        if incoming is not None and incoming in self.queue:
+            self.queue.remove(incoming)
+        self.enqueue(Exchange(self, local=local_response(status, reason, close=True), close_after=True))
+        self.start_next()
+
+    def abort(self) -> None:
+        self.dead = True
+        self.out.clear()
+        self.transport.abort()
+
+    def pause_for_upstream(self, paused: bool) -> None:
+        self.upstream_paused = paused
+        self._update_reading()
+
+    def pause_for_buffer(self, paused: bool) -> None:
+        self.buffer_paused = paused
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        want = not (self.upstream_paused or self.buffer_paused)
+        if want != self.reading and not self.transport.is_closing():
+            self.reading = want
+            if want:
+                self.transport.resume_reading()
+            else:
+                self.transport.pause_reading()
+
+    def _upstream_reading(self, on: bool) -> None:
+        conn = self.tunnel
+        if conn is None and self.queue:
+            conn = self.queue[0].conn
+        if conn is not None:
+            conn.set_reading(on)
+
+    # ------------------------------------------------------------------ deadlines
+
+    def set_deadline(self, kind: int, seconds: float) -> None:
+        self.deadline_kind = kind
+        self.deadline = NEVER if kind == NONE else self.worker.now + seconds
+
+    def wait_for_pool(self) -> None:
+        self.set_deadline(POOL, self.limits.connect_timeout)
+
+    def expire(self, now: float) -> None:
+        """Called by the sweeper when ``deadline`` has passed."""
+        kind = self.deadline_kind
+        self.set_deadline(NONE, 0)
+        if kind == IDLE:
+            self.transport.close()
+        elif kind == HEADERS:
+            if self.queue:  # an earlier response is still on its way; the next head is just late
+                self.abort()
+            else:
+                self.reject(408, "request header timeout")
+        elif kind == BODY:
+            active = self.queue[0] if self.queue else None
+            if active is not None and active.response_started:
+                self.abort()
+            elif active is not None:
+                active.fail(408, "request body timeout")
+                self.abort()
+            else:
+                self.reject(408, "request body timeout")
+        elif kind == POOL and self.queue:
+            self.queue[0].fail(503, "no upstream connection available")
+
+    def check_upstream(self, now: float) -> None:
+        if self.queue:
+            active = self.queue[0]
+            conn = active.conn
+            if conn is not None and conn.deadline <= now:
+                active.upstream_timeout()
+
+    def drain(self) -> None:
+        """Shutdown: close if idle, else close after the response in progress."""
+        self.closing = True
+        if not self.queue and self.incoming is None and self.tunnel is None and self.deadline_kind != HEADERS:
+            self.transport.close()

@@ -1,0 +1,344 @@
+"""One request and its response, from the client's connection to an upstream connection and back.
+
+An exchange is created when the request head is complete and routed. It becomes *active* when every
+earlier request on the same client connection has been answered (HTTP/1.1 pipelining keeps order).
+Until it has an upstream connection, request body bytes are buffered (bounded: the client is paused);
+once attached, they stream straight through with the framing recomputed. The response is re-framed
+the same way, and what one ``data_received`` produced is written to the client in one write.
+
+Failure rules (design.md §4): a connect failure is 502, a connect or read timeout 504, a version with no
+endpoint 503; once response bytes have reached the client, any failure aborts the client connection so
+the client never mistakes a cut body for a whole one. A request is retried only when a *reused* idle
+connection turned out to be dead before answering and the request is idempotent and has no body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from .http1 import CRLF, HOP_BY_HOP, LAST_CHUNK, chunk, connection_tokens, local_response, status_line
+
+if TYPE_CHECKING:
+    from .downstream import Downstream
+    from .routing import Target
+    from .upstream import Pool, UpstreamConnection
+
+__all__ = ["Exchange"]
+
+# Request body bytes buffered while no upstream connection is attached, before the client is paused.
+PENDING_LIMIT = 256 * 1024
+
+# Framing of the response towards the client.
+NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE = 0, 1, 2, 3
+
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class Exchange:
+    __slots__ = (
+        "cancelled",
+        "chunked",
+        "client_keep_alive",
+        "close_after",
+        "conn",
+        "down",
+        "expect_continue",
+        "finished",
+        "framing",
+        "head",
+        "head_request",
+        "http11",
+        "local",
+        "pending",
+        "pending_bytes",
+        "request_done",
+        "response_complete",
+        "response_started",
+        "retried",
+        "retryable",
+        "reused",
+        "set_cookie",
+        "started",
+        "target",
+        "upgrade",
+        "upstream_until_close",
+        "version",
+    )
+
+    def __init__(self, down: Downstream, *, head: bytes = b"", target: Target | None = None,
+                 version: str = "", chunked: bool = False, head_request: bool = False,
+                 client_keep_alive: bool = True, http11: bool = True, upgrade: bool = False,
+                 retryable: bool = False, expect_continue: bool = False, set_cookie: bytes = b"",
+                 local: bytes | None = None, close_after: bool = False) -> None:
+        self.down = down
+        self.head = head
+        self.target = target
+        self.version = version
+        self.chunked = chunked
+        self.head_request = head_request
+        self.client_keep_alive = client_keep_alive
+        self.http11 = http11
+        self.upgrade = upgrade
+        self.retryable = retryable
+        self.expect_continue = expect_continue
+        self.set_cookie = set_cookie
+        self.local = local
+        self.close_after = close_after
+        self.conn: UpstreamConnection | None = None
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.request_done = False
+        self.response_started = False
+        self.response_complete = False
+        self.upstream_until_close = False
+        self.framing = NO_BODY
+        self.started = False
+        self.finished = False
+        self.cancelled = False
+        self.reused = False
+        self.retried = False
+
+    # ------------------------------------------------------------------ request side (from Downstream)
+
+    def request_body(self, data: bytes) -> None:
+        if self.finished or self.local is not None:
+            return  # the answer is already decided; the bytes only need to be consumed
+        framed = chunk(data) if self.chunked else (data,)
+        conn = self.conn
+        if conn is not None:
+            conn.transport.writelines(framed)
+            conn.deadline = self.down.worker.now + self.down.limits.read_timeout
+        else:
+            self.pending.extend(framed)
+            self.pending_bytes += len(data)
+            if self.pending_bytes > PENDING_LIMIT:
+                self.down.pause_for_buffer(True)
+
+    def request_end(self) -> None:
+        self.request_done = True
+        if self.chunked and not self.finished and self.local is None:
+            if self.conn is not None:
+                self.conn.transport.write(LAST_CHUNK)
+            else:
+                self.pending.append(LAST_CHUNK)
+        if self.response_complete and not self.finished:
+            self.finish()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Called when this exchange reaches the head of its connection's queue."""
+        self.started = True
+        if self.local is not None:
+            self.response_started = True
+            self.down.write(self.local)
+            self.response_complete = True
+            if self.request_done or self.close_after:
+                self.finish()
+            return
+        assert self.target is not None
+        pool = self.down.worker.pool(self.target)
+        conn = pool.take()
+        if conn is not None:
+            self.attach(conn, reused=True)
+        elif pool.can_open():
+            self.open_connection(pool)
+        else:
+            pool.waiters.append(self)
+            self.down.wait_for_pool()
+
+    def wants_connection(self) -> bool:
+        return self.conn is None and not self.finished and not self.cancelled
+
+    def open_connection(self, pool: Pool) -> None:
+        asyncio.get_running_loop().create_task(self._connect(pool))
+
+    async def _connect(self, pool: Pool) -> None:
+        try:
+            conn = await pool.connect(self.down.limits.connect_timeout)
+        except TimeoutError:
+            self.fail(504, f"timed out connecting to upstream {pool.address}")
+            return
+        except OSError as exc:
+            self.fail(502, f"cannot connect to upstream {pool.address}: {exc.strerror or exc}")
+            return
+        if self.wants_connection():
+            self.attach(conn, reused=False)
+        else:
+            pool.release(conn)
+
+    def attach(self, conn: UpstreamConnection, reused: bool) -> None:
+        down = self.down
+        self.conn = conn
+        self.reused = reused
+        conn.exchange = self
+        conn.deadline = down.worker.now + down.limits.read_timeout
+        if down.write_paused:
+            conn.set_reading(False)
+        if self.pending:
+            conn.transport.write(b"".join([self.head, *self.pending]))
+            self.pending = []
+            self.pending_bytes = 0
+            down.pause_for_buffer(False)
+        else:
+            conn.transport.write(self.head)
+
+    def finish(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self.down.exchange_finished(self)
+
+    def cancel(self) -> None:
+        """The client went away: drop the upstream connection, which is mid-exchange and unusable."""
+        self.cancelled = True
+        self.finished = True
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.exchange = None
+            if conn.tunnel is None:
+                conn.transport.abort()
+
+    def fail(self, status: int, message: str) -> None:
+        """The upstream side failed: answer with ``status`` if nothing was sent yet, else abort."""
+        if self.finished:
+            return
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.exchange = None
+            conn.transport.abort()
+        down = self.down
+        if self.response_started:
+            self.finished = True
+            down.abort()
+            return
+        self.response_started = True
+        close = not self.request_done or self.upgrade
+        down.write(local_response(status, message, close, head_only=self.head_request))
+        self.close_after = self.close_after or close
+        self.finish()
+
+    # ------------------------------------------------------------------ response side (from upstream)
+
+    def upstream_progress(self) -> None:
+        conn = self.conn
+        if conn is not None:
+            conn.deadline = self.down.worker.now + self.down.limits.read_timeout
+
+    def response_interim(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """1xx other than 101: relay to HTTP/1.1 clients (100 only to clients that asked for it)."""
+        if not self.http11 or (status == 100 and not self.expect_continue):
+            return
+        out = [status_line(status, reason)]
+        for name, value in headers:
+            if name.lower() not in HOP_BY_HOP:
+                out += (name, b": ", value, CRLF)
+        out.append(CRLF)
+        self.down.out.extend(out)
+
+    def response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        if status == 101 and not self.upgrade:
+            self.fail(502, "upstream switched protocols without being asked")
+            return
+        self.response_started = True
+        kept: list[tuple[bytes, bytes, bytes]] = []
+        tokens: set[bytes] | None = None
+        length: bytes | None = None
+        chunked = False
+        upgrade = b""
+        for name, value in headers:
+            lname = name.lower()
+            if lname in HOP_BY_HOP:
+                if lname == b"connection":
+                    tokens = connection_tokens(value) if tokens is None else tokens | connection_tokens(value)
+                elif lname == b"content-length":
+                    length = value
+                elif lname == b"transfer-encoding":
+                    chunked = True
+                elif lname == b"upgrade":
+                    upgrade = value
+                continue
+            kept.append((lname, name, value))
+        if tokens:
+            kept = [h for h in kept if h[0] not in tokens]
+        down = self.down
+        close = (
+            not self.client_keep_alive
+            or down.closing
+            or not self.request_done
+            or (self.upgrade and status != 101)  # the client's parser is past the point of return
+        )
+        out = down.out
+        out.append(status_line(status, reason))
+        for _, name, value in kept:
+            out += (name, b": ", value, CRLF)
+        if self.set_cookie:
+            out.append(self.set_cookie)
+        if status == 101:
+            out += (b"Connection: upgrade\r\nUpgrade: ", upgrade, CRLF, CRLF)
+            return
+        if self.head_request or status in _NO_BODY_STATUSES:
+            # A HEAD or 304 answer keeps the Content-Length the full response would have had.
+            self.framing = NO_BODY
+            if length is not None and status != 204:
+                out += (b"Content-Length: ", length, CRLF)
+        elif length is not None:
+            self.framing = LENGTH
+            out += (b"Content-Length: ", length, CRLF)
+        elif self.http11:
+            self.framing = CHUNKED
+            self.upstream_until_close = not chunked
+            out.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            self.framing = UNTIL_CLOSE
+            self.upstream_until_close = not chunked
+            close = True
+        if close:
+            out.append(b"Connection: close\r\n")
+        elif not self.http11:
+            out.append(b"Connection: keep-alive\r\n")
+        out.append(CRLF)
+        self.close_after = self.close_after or close
+
+    def response_body(self, data: bytes) -> None:
+        if self.framing == CHUNKED:
+            self.down.out.extend(chunk(data))
+        elif self.framing != NO_BODY:
+            self.down.out.append(data)
+
+    def response_done(self) -> None:
+        """The upstream finished the response (its connection is already back in the pool or closed)."""
+        if self.finished:
+            return
+        self.conn = None
+        if self.framing == CHUNKED:
+            self.down.out.append(LAST_CHUNK)
+        self.down.flush()
+        self.response_complete = True
+        self.finish()
+
+    def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
+        """The upstream answered 101: from here on bytes flow unparsed both ways."""
+        conn.done = False
+        conn.deadline = float("inf")
+        self.down.start_tunnel(conn, rest)
+
+    def upstream_lost(self, conn: UpstreamConnection) -> None:
+        if self.finished:
+            return
+        self.conn = None
+        if not self.response_started:
+            if self.reused and self.retryable and not self.retried:
+                # A pooled connection the upstream had already closed: safe to try once on a new one.
+                self.retried = True
+                self.open_connection(conn.pool)
+                return
+            self.fail(502, f"upstream {conn.pool.address} closed the connection before answering")
+        elif self.upstream_until_close and not conn.done:
+            self.response_done()  # the body ended with the connection, as its framing said it would
+        else:
+            self.finished = True
+            self.down.abort()
+
+    def upstream_timeout(self) -> None:
+        self.fail(504, "upstream timed out")

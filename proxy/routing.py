@@ -1,0 +1,335 @@
+"""The routing state: a compiled, immutable snapshot of the config, and the per-request decision.
+
+Rule 1: nothing here does I/O, reads the clock or draws randomness by itself. Randomness (weighted
+random splits, fresh sticky keys) comes in through the ``draw`` argument, so every decision can be
+replayed in a test.
+
+Everything a request needs is computed once per snapshot: host lookup tables, compiled predicates,
+bucket tables as ``bytes`` (bucket -> version index), cumulative weights. Per request the work is a
+dict lookup for the host, a short scan of path prefixes, the rule predicates in order (a cheap miss
+for rules that do not apply) and, for a sticky split, one hash and one index.
+
+A new snapshot is built from the previous one (``build``), so bucket tables are *rebalanced*, never
+rebuilt: see ``buckets``. Snapshots are swapped in by a single assignment in the I/O shell; requests in
+flight keep the objects they already hold.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.cookies import SimpleCookie
+from itertools import accumulate
+from urllib.parse import parse_qsl
+
+from . import buckets
+from .config import Condition, Config, Match, Rule, Service, Split, Sticky
+from .hashing import Bucketer
+
+__all__ = ["Decision", "Request", "RoutingState", "Target", "build", "normalise_host"]
+
+
+class Request:
+    """What routing may look at. Header names are lower-case; repeated headers are comma-joined."""
+
+    __slots__ = ("_cookies", "_params", "client_ip", "headers", "method", "path", "query")
+
+    def __init__(self, method: str, path: str, query: str, headers: dict[str, str], client_ip: str) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.client_ip = client_ip
+        self._cookies: dict[str, str] | None = None
+        self._params: dict[str, str] | None = None
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        if self._cookies is None:
+            self._cookies = parse_cookies(self.headers.get("cookie", ""))
+        return self._cookies
+
+    @property
+    def params(self) -> dict[str, str]:
+        if self._params is None:
+            params: dict[str, str] = {}
+            for key, value in parse_qsl(self.query, keep_blank_values=True):
+                params.setdefault(key, value)  # the first occurrence wins, as in most frameworks
+            self._params = params
+        return self._params
+
+
+def parse_cookies(header: str) -> dict[str, str]:
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(header)
+    except Exception:  # a malformed Cookie header routes as if it had no cookies
+        return {}
+    return {name: morsel.value for name, morsel in jar.items()}
+
+
+class Target:
+    """One upstream endpoint; ``address`` ("host:port") keys the shell's connection pools."""
+
+    __slots__ = ("address", "host", "port")
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.address = f"{host}:{port}"
+
+
+class VersionRoute:
+    """A version's endpoints in a snapshot, picked round-robin."""
+
+    __slots__ = ("_next", "endpoints", "name", "service")
+
+    def __init__(self, service: str, name: str, endpoints: tuple[Target, ...]) -> None:
+        self.service = service
+        self.name = name
+        self.endpoints = endpoints
+        self._next = 0
+
+    def pick(self) -> Target | None:
+        """The next endpoint, or None: a version with no endpoint answers 503, never another version."""
+        if not self.endpoints:
+            return None
+        index = self._next % len(self.endpoints)
+        self._next = index + 1
+        return self.endpoints[index]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    service: str
+    rule: str
+    version: VersionRoute
+    bucket: int | None  # None when the choice was not sticky
+    assigned_key: str | None = None  # a fresh sticky key the response must set as a cookie
+    sticky: Sticky | None = None  # the stickiness that assigned it
+
+
+Predicate = Callable[[Request], bool]
+
+
+class SplitRoute:
+    __slots__ = ("bucketer", "cumulative", "owners", "sticky", "table", "total", "versions")
+
+    def __init__(self, split: Split, versions: dict[str, VersionRoute], bucketer: Bucketer,
+                 owners: tuple[str, ...]) -> None:
+        live = [(name, w) for name, w in split.weights if w > 0]
+        self.versions = tuple(versions[name] for name, _ in live)
+        index = {name: i for i, (name, _) in enumerate(live)}
+        self.owners = owners
+        self.table = bytes(index[owner] for owner in owners)
+        self.cumulative = list(accumulate(w for _, w in live))
+        self.total = self.cumulative[-1]
+        self.sticky = split.sticky
+        self.bucketer = bucketer
+
+    def key(self, request: Request) -> str | None:
+        sticky = self.sticky
+        kind = sticky.kind
+        if kind == "header":
+            return request.headers.get(sticky.name) or None
+        if kind == "cookie":
+            return request.cookies.get(sticky.name) or None
+        if kind == "query":
+            return request.params.get(sticky.name) or None
+        if kind == "client_ip":
+            return request.client_ip or None
+        return None
+
+    def choose(self, request: Request, draw: Callable[[], int]) -> tuple[VersionRoute, int | None, str | None]:
+        key = self.key(request)
+        assigned = None
+        if key is None and self.sticky.assign:
+            key = assigned = f"{draw():016x}"
+        if key is None:
+            point = draw() % self.total
+            return self.versions[bisect_right(self.cumulative, point)], None, None
+        bucket = self.bucketer.bucket(key.encode())
+        return self.versions[self.table[bucket]], bucket, assigned
+
+
+class RuleRoute:
+    __slots__ = ("name", "predicate", "split", "version")
+
+    def __init__(self, name: str, predicate: Predicate | None, version: VersionRoute | None,
+                 split: SplitRoute | None) -> None:
+        self.name = name
+        self.predicate = predicate
+        self.version = version
+        self.split = split
+
+
+class ServiceRoute:
+    __slots__ = ("config", "name", "rules", "versions")
+
+    def __init__(self, config: Service, versions: dict[str, VersionRoute], rules: tuple[RuleRoute, ...]) -> None:
+        self.config = config
+        self.name = config.name
+        self.versions = versions
+        self.rules = rules
+
+    def decide(self, request: Request, draw: Callable[[], int]) -> Decision:
+        for rule in self.rules:
+            if rule.predicate is None or rule.predicate(request):
+                if rule.version is not None:
+                    return Decision(self.name, rule.name, rule.version, None)
+                split = rule.split
+                assert split is not None
+                version, bucket, assigned = split.choose(request, draw)
+                if assigned is None:
+                    return Decision(self.name, rule.name, version, bucket)
+                return Decision(self.name, rule.name, version, bucket, assigned, split.sticky)
+        raise AssertionError("the last rule matches every request")  # guaranteed by config validation
+
+
+class RoutingState:
+    """One generation of routing. Immutable once built (endpoint round-robin counters aside)."""
+
+    def __init__(self, config: Config, generation: int, services: tuple[ServiceRoute, ...]) -> None:
+        self.config = config
+        self.generation = generation
+        self.services = {s.name: s for s in services}
+        # host -> [(path_prefix, service)] longest prefix first; "*.suffix" keyed by ".suffix"; "*" by "".
+        self._exact: dict[str, list[tuple[str, ServiceRoute]]] = {}
+        self._wildcard: dict[str, list[tuple[str, ServiceRoute]]] = {}
+        for service in services:
+            for host in service.config.hosts:
+                if host == "*":
+                    table, key = self._wildcard, ""
+                elif host.startswith("*."):
+                    table, key = self._wildcard, host[1:]
+                else:
+                    table, key = self._exact, host
+                table.setdefault(key, []).append((service.config.path_prefix, service))
+        for table in (self._exact, self._wildcard):
+            for entries in table.values():
+                entries.sort(key=lambda entry: len(entry[0]), reverse=True)
+
+    def find(self, host: str, path: str) -> ServiceRoute | None:
+        """The service for a normalised host and a raw path: exact host, then the longest wildcard
+        suffix, then the catch-all; within a host, the longest matching path prefix."""
+        entries = self._exact.get(host)
+        if entries is not None:
+            found = _by_prefix(entries, path)
+            if found is not None:
+                return found
+        if self._wildcard:
+            dot = host.find(".")
+            while dot != -1:
+                entries = self._wildcard.get(host[dot:])
+                if entries is not None:
+                    found = _by_prefix(entries, path)
+                    if found is not None:
+                        return found
+                dot = host.find(".", dot + 1)
+            entries = self._wildcard.get("")
+            if entries is not None:
+                return _by_prefix(entries, path)
+        return None
+
+    def tables(self) -> dict[tuple[str, str], tuple[str, ...]]:
+        """Every split's bucket owners by (service, rule): what the next snapshot rebalances."""
+        return {
+            (service.name, rule.name): rule.split.owners
+            for service in self.services.values()
+            for rule in service.rules
+            if rule.split is not None
+        }
+
+
+def _by_prefix(entries: list[tuple[str, ServiceRoute]], path: str) -> ServiceRoute | None:
+    for prefix, service in entries:
+        if path.startswith(prefix):
+            return service
+    return None
+
+
+def normalise_host(value: str) -> str:
+    """Host header -> lookup key: lower-case, without port or trailing dot ("[::1]:80" -> "[::1]")."""
+    host = value.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[: end + 1] if end != -1 else host
+    colon = host.rfind(":")
+    if colon != -1:
+        host = host[:colon]
+    return host.rstrip(".")
+
+
+# ----------------------------------------------------------------------------------------------- compile
+
+
+def build(config: Config, previous: RoutingState | None = None, generation: int | None = None) -> RoutingState:
+    """Compile a config into a snapshot, rebalancing bucket tables from ``previous``."""
+    old_tables = previous.tables() if previous is not None else {}
+    if generation is None:
+        generation = previous.generation + 1 if previous is not None else 1
+    services = []
+    for service in config.services:
+        bucketer = Bucketer(service.salt)
+        versions = {
+            v.name: VersionRoute(service.name, v.name, tuple(Target(e.host, e.port) for e in v.endpoints))
+            for v in service.versions
+        }
+        rules = tuple(
+            _compile_rule(rule, versions, bucketer, old_tables.get((service.name, rule.name)))
+            for rule in service.rules
+        )
+        services.append(ServiceRoute(service, versions, rules))
+    return RoutingState(config, generation, tuple(services))
+
+
+def _compile_rule(rule: Rule, versions: dict[str, VersionRoute], bucketer: Bucketer,
+                  old: tuple[str, ...] | None) -> RuleRoute:
+    predicate = _compile_match(rule.match)
+    if rule.version is not None:
+        return RuleRoute(rule.name, predicate, versions[rule.version], None)
+    assert rule.split is not None
+    owners = buckets.rebalance(old, dict(rule.split.weights))
+    return RuleRoute(rule.name, predicate, None, SplitRoute(rule.split, versions, bucketer, owners))
+
+
+def _compile_match(match: Match) -> Predicate | None:
+    tests: list[Predicate] = []
+    if match.methods is not None:
+        methods = match.methods
+        tests.append(lambda r: r.method in methods)
+    if match.path is not None:
+        path_test = _compile_condition(match.path)
+        tests.append(lambda r: path_test(r.path))
+    for name, cond in match.headers:
+        tests.append(_field_test(lambda r, n=name: r.headers.get(n), cond))
+    for name, cond in match.cookies:
+        tests.append(_field_test(lambda r, n=name: r.cookies.get(n), cond))
+    for name, cond in match.query:
+        tests.append(_field_test(lambda r, n=name: r.params.get(n), cond))
+    if not tests:
+        return None
+    if len(tests) == 1:
+        return tests[0]
+    return lambda r: all(test(r) for test in tests)
+
+
+def _field_test(get: Callable[[Request], str | None], cond: Condition) -> Predicate:
+    test = _compile_condition(cond)
+    return lambda r: test(get(r))
+
+
+def _compile_condition(cond: Condition) -> Callable[[str | None], bool]:
+    value = cond.value
+    if cond.kind == "exact":
+        return lambda s: s == value
+    if cond.kind == "prefix":
+        return lambda s: s is not None and s.startswith(value)
+    if cond.kind == "regex":
+        pattern = re.compile(value)  # full match, as in Envoy and Gateway API
+        return lambda s: s is not None and pattern.fullmatch(s) is not None
+    if cond.kind == "present":
+        return lambda s: s is not None
+    return lambda s: s is None

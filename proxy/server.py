@@ -1,0 +1,196 @@
+"""Process level: the listening socket, signals, and one or several worker processes.
+
+With one worker, the process serves directly. With ``--workers N`` a supervisor opens the socket,
+forks N workers that all accept on it, and stays out of the data path: on SIGHUP it reads and validates
+the file once and sends the same text to every worker (so all of them rebalance their bucket tables
+from the same input); on SIGTERM it forwards the signal and waits for every worker's graceful drain.
+
+Signals, for both modes:
+- SIGHUP: re-read the config; a bad file is refused with one log line and the old snapshot serves on.
+- SIGTERM / SIGINT: graceful shutdown (``Worker.shutdown``), exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import uvloop
+
+from . import config as config_module
+from .config import Config, ConfigError
+from .worker import Worker
+
+__all__ = ["serve"]
+
+log = logging.getLogger("turnout")
+
+
+def serve(config_path: str, workers: int = 1) -> int:
+    """Run Turnout until SIGTERM. Returns the process exit code."""
+    try:
+        config = config_module.load(config_path)
+    except ConfigError as exc:
+        print(f"turnout: {exc}", file=sys.stderr)
+        return 2
+    demo = start_demo(config)
+    try:
+        listen = config.listen
+        try:
+            sock = socket.create_server((listen.host, listen.port), backlog=1024)
+        except OSError as exc:
+            print(f"turnout: cannot listen on {listen}: {exc.strerror}", file=sys.stderr)
+            return 1
+        host, port = sock.getsockname()[:2]
+        log.info("listening on http://%s:%d with %d worker(s), generation 1", host, port, workers)
+        if workers <= 1:
+            uvloop.run(_worker_main(config, config_path, sock, None))
+            return 0
+        return _supervise(config_path, sock, workers)
+    finally:
+        if demo is not None:
+            demo.terminate()
+            demo.wait(5)
+
+
+async def _worker_main(config: Config, config_path: str, sock: socket.socket, control: int | None) -> None:
+    """A worker's life: serve, reload on SIGHUP (or on a message from the supervisor), drain on TERM."""
+    loop = asyncio.get_running_loop()
+    worker = Worker(config)
+    await worker.start(sock)
+    stop = asyncio.Event()
+
+    def reload_file() -> None:
+        try:
+            new = config_module.load(config_path)
+        except ConfigError as exc:
+            log.error("reload refused, still serving generation %d: %s", worker.state.generation, exc)
+            return
+        worker.apply(new)
+        log.info("reloaded %s: generation %d", config_path, worker.state.generation)
+
+    if control is None:
+        loop.add_signal_handler(signal.SIGHUP, reload_file)
+    else:
+        reader = _FrameReader(control)
+
+        def on_control() -> None:
+            for text in reader.read():
+                if text is None:  # the supervisor is gone: nobody to answer to
+                    stop.set()
+                    return
+                worker.apply(config_module.parse(text, config_path))
+                log.info("worker %d applied generation %d", os.getpid(), worker.state.generation)
+
+        loop.add_reader(control, on_control)
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the supervisor handles reloads
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining connections")
+    await worker.shutdown()
+    log.info("stopped")
+
+
+# ----------------------------------------------------------------------------------------------- supervisor
+
+
+def _supervise(config_path: str, sock: socket.socket, count: int) -> int:
+    handled = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+    signal.pthread_sigmask(signal.SIG_BLOCK, handled)
+    children: dict[int, int] = {}  # pid -> write end of its control pipe
+    text = Path(config_path).read_text(encoding="utf-8")
+
+    def spawn() -> None:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            os.close(write_end)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
+            code = 0
+            try:
+                uvloop.run(_worker_main(config_module.parse(text, config_path), config_path, sock, read_end))
+            except BaseException:
+                log.exception("worker crashed")
+                code = 1
+            os._exit(code)
+        os.close(read_end)
+        children[pid] = write_end
+
+    for _ in range(count):
+        spawn()
+    stopping = False
+    while children:
+        info = signal.sigwaitinfo(handled)
+        if info.si_signo == signal.SIGHUP and not stopping:
+            try:
+                config_module.load(config_path)
+                text = Path(config_path).read_text(encoding="utf-8")
+            except (ConfigError, OSError) as exc:
+                log.error("reload refused, workers keep their config: %s", exc)
+                continue
+            frame = struct.pack("!I", len(text.encode())) + text.encode()
+            for fd in children.values():
+                os.write(fd, frame)
+            log.info("reloaded %s: sent to %d workers", config_path, len(children))
+        elif info.si_signo in (signal.SIGTERM, signal.SIGINT) and not stopping:
+            stopping = True
+            sock.close()  # our copy: once the workers close theirs, the port stops accepting
+            for pid in children:
+                os.kill(pid, signal.SIGTERM)
+        elif info.si_signo == signal.SIGCHLD:
+            while True:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                fd = children.pop(pid, None)
+                if fd is not None:
+                    os.close(fd)
+                if not stopping:
+                    log.error("worker %d exited (status %d); starting a new one", pid, status)
+                    spawn()
+    return 0
+
+
+class _FrameReader:
+    """Length-prefixed config texts from the supervisor's pipe."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = b""
+        os.set_blocking(fd, False)
+
+    def read(self) -> list[str | None]:
+        try:
+            data = os.read(self.fd, 1 << 20)
+        except BlockingIOError:
+            return []
+        if not data:
+            return [None]
+        self.buffer += data
+        texts: list[str | None] = []
+        while len(self.buffer) >= 4:
+            (size,) = struct.unpack("!I", self.buffer[:4])
+            if len(self.buffer) < 4 + size:
+                break
+            texts.append(self.buffer[4 : 4 + size].decode())
+            self.buffer = self.buffer[4 + size :]
+        return texts
+
+
+def start_demo(config: Config) -> subprocess.Popen[bytes] | None:
+    """The demo upstreams of the default config, as a child process Turnout owns."""
+    if not config.demo:
+        return None
+    args = [f"{app.version}={app.listen}" for app in config.demo]
+    return subprocess.Popen([sys.executable, "-m", "proxy.demo", *args])

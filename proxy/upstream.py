@@ -1,0 +1,235 @@
+"""The upstream side of the hot path: keep-alive connections to endpoints, pooled per endpoint.
+
+An ``UpstreamConnection`` parses responses with httptools and hands every event to the exchange it is
+serving (``downstream.Exchange``). It never decides anything about the client; it only says what the
+upstream did. A connection goes back to its ``Pool`` only after a complete response that allows
+keep-alive, and only after the whole ``data_received`` call has been parsed, so that bytes after the
+end of a response (a protocol violation) are seen before anyone else can reuse it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, cast, Protocol
+
+import httptools
+
+if TYPE_CHECKING:
+    from .downstream import Exchange
+
+__all__ = ["Pool", "UpstreamConnection"]
+
+
+class PoolLimits(Protocol):
+    max_connections_per_endpoint: int
+    max_idle_per_endpoint: int
+
+
+class Pool:
+    """Connections to one endpoint: idle ones (LIFO, so a warm one is reused first), a cap on all
+    open ones, and the exchanges waiting for a connection when the cap is reached."""
+
+    __slots__ = ("address", "closed", "host", "idle", "limits", "open", "port", "waiters")
+
+    def __init__(self, host: str, port: int, limits: PoolLimits) -> None:
+        self.host = host
+        self.port = port
+        self.address = f"{host}:{port}"
+        self.limits = limits
+        self.idle: list[UpstreamConnection] = []
+        self.open = 0  # established and connecting
+        self.waiters: deque[Exchange] = deque()
+        self.closed = False
+
+    def take(self) -> UpstreamConnection | None:
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.transport.is_closing():
+                return conn
+        return None
+
+    def can_open(self) -> bool:
+        return self.open < self.limits.max_connections_per_endpoint
+
+    async def connect(self, timeout: float) -> UpstreamConnection:
+        """A new connection; counts against the cap while it is being made."""
+        self.open += 1
+        try:
+            loop = asyncio.get_running_loop()
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port), timeout
+            )
+        except BaseException:
+            self.open -= 1
+            raise
+        return conn
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """Back to the pool after a clean, reusable response; handed straight to a waiter if any."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if waiter.wants_connection():
+                waiter.attach(conn, reused=True)
+                return
+        if self.closed or len(self.idle) >= self.limits.max_idle_per_endpoint:
+            conn.transport.close()
+        else:
+            self.idle.append(conn)
+
+    def lost(self, conn: UpstreamConnection) -> None:
+        self.open -= 1
+        if conn in self.idle:
+            self.idle.remove(conn)
+        # A freed slot lets the oldest waiter open a connection of its own.
+        while self.waiters and self.can_open():
+            waiter = self.waiters.popleft()
+            if waiter.wants_connection():
+                waiter.open_connection(self)
+                break
+
+    def close_idle(self) -> None:
+        self.closed = True
+        for conn in self.idle:
+            conn.transport.close()
+        self.idle.clear()
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "body_after_end",
+        "deadline",
+        "done",
+        "exchange",
+        "headers",
+        "parser",
+        "pool",
+        "read_paused",
+        "reason",
+        "reset_parser",
+        "reusable",
+        "transport",
+        "tunnel",
+    )
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: Exchange | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.reason = b""
+        self.done = False
+        self.reusable = False
+        self.reset_parser = False
+        self.body_after_end = False
+        self.read_paused = False
+        self.deadline = float("inf")
+        self.tunnel: asyncio.Transport | None = None
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
+        exchange = self.exchange
+        if exchange is None:  # an idle connection must not speak; it can't be trusted again
+            self.transport.close()
+            return
+        exchange.upstream_progress()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            exchange.upstream_upgraded(self, data[upgrade.args[0] :])
+            return
+        except httptools.HttpParserError as exc:
+            self.transport.close()
+            exchange.fail(502, f"bad response from upstream {self.pool.address}: {exc}")
+            return
+        finally:
+            exchange.down.flush()
+        if self.reset_parser:  # a HEAD response: httptools cannot be told to expect no body
+            self.parser = httptools.HttpResponseParser(self)
+            self.reset_parser = False
+        if self.done:
+            self.done = False
+            self.exchange = None
+            if self.reusable and not self.body_after_end:
+                self.deadline = float("inf")
+                if self.read_paused:
+                    self.read_paused = False
+                    self.transport.resume_reading()
+                self.pool.release(self)
+            else:
+                self.transport.close()
+            exchange.response_done()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pool.lost(self)
+        if self.tunnel is not None:
+            self.tunnel.close()
+            self.tunnel = None
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.upstream_lost(self)
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.down.pause_for_upstream(True)
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.down.pause_for_upstream(False)
+
+    # -- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self.headers = []
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason = reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        exchange = self.exchange
+        assert exchange is not None
+        status = self.parser.get_status_code()
+        if status < 200 and status != 101:
+            exchange.response_interim(status, self.reason, self.headers)
+            return
+        self.reusable = self.parser.should_keep_alive()
+        exchange.response_head(status, self.reason, self.headers)
+        if exchange.head_request:
+            self.done = True
+            self.reset_parser = True
+
+    def on_body(self, body: bytes) -> None:
+        if self.done:
+            self.body_after_end = True
+            return
+        assert self.exchange is not None
+        self.exchange.response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.parser.get_status_code() < 200 and self.parser.get_status_code() != 101:
+            return
+        self.done = True
+
+    # -- control from the exchange
+
+    def set_reading(self, on: bool) -> None:
+        if on == self.read_paused:
+            self.read_paused = not on
+            if on:
+                self.transport.resume_reading()
+            else:
+                self.transport.pause_reading()
