@@ -234,7 +234,9 @@ class _Parser:
         return seconds
 
     def endpoint(self, value: Any, path: str) -> Endpoint:
-        text = self.string(value, path)
+        if not isinstance(value, str):
+            raise self.fail(path, f"must be host:port, got {_kind(value)}")
+        text = value
         host, sep, port = text.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise self.fail(path, f"must be host:port, got {text!r}")

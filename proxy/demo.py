@@ -12,7 +12,7 @@ import sys
 
 from aiohttp import web
 
-__all__ = ["make_app", "main"]
+__all__ = ["main", "make_app"]
 
 
 def make_app(version: str) -> web.Application:

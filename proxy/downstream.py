@@ -47,9 +47,9 @@ class Downstream(asyncio.Protocol):
         "client_ip",
         "client_ip_bytes",
         "closing",
+        "dead",
         "deadline",
         "deadline_kind",
-        "dead",
         "header_bytes",
         "headers",
         "incoming",
@@ -262,7 +262,7 @@ class Downstream(asyncio.Protocol):
 
         has_body = chunked or (length is not None and int(length) > 0)
         keep_alive = parser.should_keep_alive()
-        close = not keep_alive or expect_continue and has_body
+        close = not keep_alive or (expect_continue and has_body)
         head_request = method == b"HEAD"
         worker = self.worker
         service = worker.state.find(normalise_host(host_text), path_text)
@@ -364,7 +364,7 @@ class Downstream(asyncio.Protocol):
         self.flush()
         self.upstream_paused = False
         self.buffer_paused = False
-        if exchange.close_after or self.closing and not queue:
+        if exchange.close_after or (self.closing and not queue):
             self.dead = True
             self.transport.close()
             return

@@ -1,0 +1,51 @@
+"""Helpers for tests: config builders and raw-socket HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import yaml
+
+
+def service(versions: dict[str, list[str]], rules: list[dict[str, Any]] | None = None,
+            **route: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"versions": {name: eps for name, eps in versions.items()}}
+    if rules is not None:
+        body["rules"] = rules
+    else:
+        body.update(route)
+    return body
+
+
+def config_text(services: dict[str, Any], **top: Any) -> str:
+    return yaml.safe_dump({"listen": "127.0.0.1:0", "services": services, **top}, sort_keys=False)
+
+
+async def raw_exchange(port: int, data: bytes, timeout: float = 3.0) -> bytes:
+    """Send raw bytes, read until the proxy closes or ``timeout`` passes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    chunks = []
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                chunks.append(data)
+    except TimeoutError:
+        pass
+    writer.close()
+    return b"".join(chunks)
+
+
+def parse_response(data: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, body

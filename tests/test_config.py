@@ -1,0 +1,98 @@
+"""Config validation: every error names the file and the field and says what is allowed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from proxy.config import ConfigError, load, parse
+
+BASE = """
+services:
+  shop:
+    versions: {v1: [127.0.0.1:9001], v2: [127.0.0.1:9002]}
+    rules:
+      - {name: beta, match: {headers: {x-beta: "1"}}, version: v2}
+      - {name: default, split: {v1: 90, v2: 10}, sticky: {header: x-user}}
+"""
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse(text, "conf.yaml")
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("v2: 10}", "v3: 10}",
+         "conf.yaml: services.shop.rules[1].split.v3: unknown version 'v3' (versions: v1, v2)"),
+        ("v2: 10}", "v2: -1}",
+         "conf.yaml: services.shop.rules[1].split.v2: must be 0..1000000000, got -1"),
+        ("v1: 90, v2: 10", "v1: 0, v2: 0",
+         "conf.yaml: services.shop.rules[1].split: at least one weight must be more than 0"),
+        ('x-beta: "1"', "x-beta: {regex: '('}",
+         "conf.yaml: services.shop.rules[0].match.headers.x-beta.regex: bad regular expression"),
+        ("version: v2}", "version: v9}",
+         "conf.yaml: services.shop.rules[0].version: unknown version 'v9'"),
+        ("127.0.0.1:9001", "localhost",
+         "conf.yaml: services.shop.versions.v1.endpoints[0]: must be host:port, got 'localhost'"),
+        ("{header: x-user}", "{header: x-user, cookie: c}",
+         "conf.yaml: services.shop.rules[1].sticky: give exactly one of header"),
+        ("{header: x-user}", "{header: x-user, assign: true}",
+         "only cookie stickiness can assign keys"),
+        ("name: beta, match", "name: beta, matches",
+         "services.shop.rules[0].matches: unknown field (allowed: match, name, split, sticky, version)"),
+        ('{name: beta, match: {headers: {x-beta: "1"}}, version: v2}', "{name: beta, version: v2}",
+         "services.shop.rules[0].match: only the last rule may match every request"),
+        ("{name: default, split", "{name: default, match: {method: GET}, split",
+         "the last rule is the default and must not have a match"),
+    ],
+)
+def test_errors_name_file_and_field(old: str, new: str, message: str) -> None:
+    assert old in BASE
+    assert message in error_of(BASE.replace(old, new))
+
+
+def test_other_errors() -> None:
+    assert error_of("services: {}") == "conf.yaml: services: at least one service is required"
+    assert "not valid YAML at line 1" in error_of("services: [")
+    assert "listen: must be host:port" in error_of("listen: 8080\n" + BASE)
+    assert "limits.header_timeout: must be a duration" in error_of("limits: {header_timeout: soon}\n" + BASE)
+    assert "limits.max_header_bytes: must be an integer" in error_of("limits: {max_header_bytes: 1.5}\n" + BASE)
+    assert "services.x.hosts[0]: 'bad host!' is not a host name" in error_of(
+        "services: {x: {hosts: ['bad host!'], versions: {v1: []}, version: v1}}")
+    assert "is already served by service 'a'" in error_of(
+        "services: {a: {versions: {v1: []}, version: v1}, b: {versions: {v1: []}, version: v1}}")
+
+
+def test_durations_and_defaults() -> None:
+    config = parse("limits: {header_timeout: 250ms, read_timeout: 2m, keepalive_timeout: 5}\n" + BASE)
+    assert (config.limits.header_timeout, config.limits.read_timeout, config.limits.keepalive_timeout) == (0.25, 120, 5)
+    assert config.limits.max_header_bytes == 32768
+    assert config.listen.port == 8080
+
+
+def test_missing_file_names_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope\.yaml: cannot read file"):
+        load(tmp_path / "nope.yaml")
+
+
+def test_the_default_config_is_valid() -> None:
+    config = load(Path(__file__).parent.parent / "config" / "turnout.yaml")
+    assert [v.name for v in config.services[0].versions] == ["v1", "v2"]
+
+
+def test_proxy_refuses_to_start_on_a_bad_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(BASE.replace("v2: 10}", "v3: 10}"))
+    result = subprocess.run([sys.executable, "-m", "proxy", "--config", str(path)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0] == f"turnout: {path}: services.shop.rules[1].split.v3: unknown version 'v3' (versions: v1, v2)"
