@@ -35,6 +35,7 @@ __all__ = ["Downstream"]
 # What a deadline means when it passes.
 NONE, HEADERS, BODY, IDLE, POOL = 0, 1, 2, 3, 4
 NEVER = float("inf")
+LINGER = 2.0  # seconds a closing connection keeps reading (and discarding) after its last response
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 _SET_BY_PROXY = frozenset({b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
@@ -202,7 +203,7 @@ class Downstream(asyncio.Protocol):
         parser = self.parser
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":
-            raise Reject(505 if version.startswith("2") else 400, f"HTTP/{version} is not supported")
+            raise Reject(400, f"HTTP/{version} is not supported")
         http11 = version == "1.1"
         method = parser.get_method()
         if method == b"CONNECT":
@@ -365,8 +366,7 @@ class Downstream(asyncio.Protocol):
         self.upstream_paused = False
         self.buffer_paused = False
         if exchange.close_after or (self.closing and not queue):
-            self.dead = True
-            self.transport.close()
+            self.close_lingering()
             return
         self._update_reading()
         if queue:
@@ -427,6 +427,23 @@ class Downstream(asyncio.Protocol):
             self.queue.remove(incoming)
         self.enqueue(Exchange(self, local=local_response(status, reason, close=True), close_after=True))
         self.start_next()
+
+    def close_lingering(self) -> None:
+        """Close after a response without losing it: half-close our side and discard what the
+        client still sends for a moment. Closing at once would make the kernel answer the client's
+        unread bytes with a reset, and the client could lose the response (nginx's lingering close)."""
+        self.dead = True
+        self.flush()
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self.upstream_paused = self.buffer_paused = False
+        self._update_reading()
+        self.set_deadline(IDLE, LINGER)
 
     def abort(self) -> None:
         self.dead = True

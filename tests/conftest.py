@@ -68,6 +68,7 @@ class Upstream:
             "method": request.method,
             "path_qs": request.raw_path,
             "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in request.raw_headers],
+            "peer_port": request.transport.get_extra_info("peername")[1] if request.transport else None,
             **extra,
         }
         self.seen.append(entry)
@@ -90,7 +91,7 @@ class Upstream:
         response.content_length = size
         await response.prepare(request)
         block = bytes(range(256)) * 256  # 64 KiB
-        sent = 0
+        sent = 0 if request.method != "HEAD" else size  # aiohttp would send a HEAD body if asked to
         while sent < size:
             piece = block[: min(len(block), size - sent)]
             await response.write(piece)

@@ -49,3 +49,45 @@ def parse_response(data: bytes) -> tuple[int, dict[str, str], bytes]:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
     return status, headers, body
+
+
+class RawUpstream:
+    """A bare TCP upstream: records the bytes it receives and answers each connection with ``reply``
+    once it has seen a complete request head. For responses aiohttp would not produce."""
+
+    def __init__(self, reply: bytes, close: bool = True) -> None:
+        self.reply = reply
+        self.close = close
+        self.received: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    @property
+    def address(self) -> str:
+        assert self.server is not None
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def start(self) -> RawUpstream:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return self
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = b""
+        try:
+            while b"\r\n\r\n" not in data:
+                piece = await reader.read(65536)
+                if not piece:
+                    return
+                data += piece
+            self.received.append(data)
+            writer.write(self.reply)
+            await writer.drain()
+            if self.close:
+                writer.close()
+            else:
+                await reader.read()
+        except ConnectionError:
+            pass
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()

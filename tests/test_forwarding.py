@@ -1,0 +1,243 @@
+"""Forwarding through real sockets: framing, hop-by-hop headers, X-Forwarded-*, upgrades, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import aiohttp
+import pytest
+
+from .helpers import RawUpstream, parse_response, raw_exchange, service
+
+
+def one_version(address: str, **limits: object) -> dict:
+    return {"s": service({"v1": [address]}, version="v1")}
+
+
+async def test_chunked_request_and_response(upstreams, proxy) -> None:
+    up = await upstreams("v1")
+    worker = await proxy(one_version(up.address))
+    parts = [b"a" * 1000, b"b" * 70_000, b"c"]
+
+    async def body():
+        for part in parts:
+            yield part
+
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"http://127.0.0.1:{worker.port}/upload", data=body()) as response:
+            echoed = await response.json()
+        assert echoed["body_size"] == sum(map(len, parts))
+        assert echoed["body_sha256"] == hashlib.sha256(b"".join(parts)).hexdigest()
+        assert ["Transfer-Encoding", "chunked"] in echoed["headers"]
+        async with session.get(f"http://127.0.0.1:{worker.port}/chunked") as response:
+            assert response.headers["Transfer-Encoding"] == "chunked"
+            assert await response.text() == "part0;part1;part2;part3;part4;"
+
+
+async def test_hop_by_hop_and_connection_listed_headers_are_dropped_both_ways(proxy) -> None:
+    raw = await RawUpstream(
+        b"HTTP/1.1 200 OK\r\nConnection: X-Internal, keep-alive\r\nX-Internal: secret\r\n"
+        b"Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTrailer: X-T\r\nX-Kept: yes\r\n"
+        b"Content-Length: 2\r\n\r\nok"
+    ).start()
+    worker = await proxy(one_version(raw.address))
+    data = await raw_exchange(worker.port, (
+        b"GET /p HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n"
+        b"Keep-Alive: timeout=5\r\nProxy-Connection: x\r\nTE: trailers, deflate\r\nUpgrade: h2c\r\n"
+        b"HTTP2-Settings: AAMAAABkAAQAAP__\r\nX-End-To-End: kept\r\nConnection: close\r\n\r\n"
+    ))
+    status, headers, body = parse_response(data)
+    assert (status, body) == (200, b"ok")
+    assert headers["x-kept"] == "yes"
+    for gone in ("x-internal", "keep-alive", "proxy-connection", "trailer"):
+        assert gone not in headers
+    sent = raw.received[0].lower()
+    assert b"x-end-to-end: kept" in sent
+    assert b"te: trailers\r\n" in sent
+    for gone in (b"x-secret", b"keep-alive", b"proxy-connection", b"upgrade", b"http2-settings", b"deflate"):
+        assert gone not in sent, gone
+    await raw.stop()
+
+
+async def test_x_forwarded_headers(upstreams, proxy) -> None:
+    up = await upstreams("v1")
+    worker = await proxy(one_version(up.address))
+    async with aiohttp.ClientSession() as session:
+        headers = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https", "Host": "shop.test"}
+        async with session.get(f"http://127.0.0.1:{worker.port}/", headers=headers) as response:
+            seen = dict((k.lower(), v) for k, v in (await response.json())["headers"])
+    assert seen["x-forwarded-for"] == "203.0.113.7, 127.0.0.1"
+    assert seen["x-forwarded-proto"] == "http"  # set by the proxy, never trusted from the client
+    assert seen["x-forwarded-host"] == "shop.test"
+    assert seen["host"] == "shop.test"
+    assert "user-agent" in seen  # the client's own, passed through; the proxy adds none
+
+
+async def test_raw_target_is_forwarded_byte_for_byte(upstreams, proxy) -> None:
+    up = await upstreams("v1")
+    worker = await proxy(one_version(up.address))
+    target = b"/a%2Fb/../c;x?q=%20&q=%zz&&empty="
+    data = await raw_exchange(worker.port, b"GET " + target + b" HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert parse_response(data)[0] == 200
+    assert up.seen[0]["path_qs"] == target.decode()
+
+
+async def test_absolute_form_target_is_normalised(upstreams, proxy) -> None:
+    a, b = await upstreams("a"), await upstreams("b")
+    worker = await proxy({
+        "a": {"hosts": ["a.test"], "versions": {"v": [a.address]}, "version": "v"},
+        "b": {"hosts": ["b.test"], "versions": {"v": [b.address]}, "version": "v"},
+    })
+    data = await raw_exchange(worker.port, b"GET http://b.test/p?x=1 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+    assert parse_response(data)[0] == 200
+    assert (len(a.seen), b.seen[0]["path_qs"]) == (0, "/p?x=1")
+    assert ["Host", "b.test"] in b.seen[0]["headers"]
+
+
+async def test_websocket_through_the_proxy(upstreams, proxy) -> None:
+    up = await upstreams("v1")
+    worker = await proxy(one_version(up.address))
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"http://127.0.0.1:{worker.port}/ws") as ws:
+            for i in range(20):
+                await ws.send_str(f"hello {i}")
+                assert (await ws.receive_str()) == f"v1:hello {i}"
+            await ws.send_bytes(b"\x00" * 100_000)
+            assert await ws.receive_bytes() == b"\x00" * 100_000
+    # The client closed; the proxy must close the upstream side too.
+    for _ in range(50):
+        if not worker.downstreams:
+            break
+        await asyncio.sleep(0.05)
+    assert not worker.downstreams
+
+
+async def test_head_keeps_content_length_and_the_upstream_connection(upstreams, proxy) -> None:
+    up = await upstreams("v1")
+    worker = await proxy(one_version(up.address))
+    reader, writer = await asyncio.open_connection("127.0.0.1", worker.port)
+    writer.write(b"HEAD /big?size=12345 HTTP/1.1\r\nHost: h\r\n\r\n")
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert b"Content-Length: 12345" in head
+    writer.write(b"GET /after HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    rest = await asyncio.wait_for(reader.read(), 3)
+    status, _, body = parse_response(rest)  # the HEAD carried no body: the next bytes are a new response
+    assert status == 200 and b'"/after"' in body
+    writer.close()
+    assert up.seen[0]["peer_port"] == up.seen[1]["peer_port"], "the upstream connection was reused"
+
+
+async def test_keep_alive_reuses_upstream_connections(upstreams, proxy) -> None:
+    up = await upstreams("v1")
+    worker = await proxy(one_version(up.address))
+    async with aiohttp.ClientSession() as session:
+        for _ in range(20):
+            async with session.get(f"http://127.0.0.1:{worker.port}/") as response:
+                await response.read()
+    assert len({entry["peer_port"] for entry in up.seen}) == 1
+
+
+async def test_expect_100_continue(upstreams, proxy) -> None:
+    up = await upstreams("v1")
+    worker = await proxy(one_version(up.address))
+    reader, writer = await asyncio.open_connection("127.0.0.1", worker.port)
+    writer.write(b"POST /e HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+    assert interim.startswith(b"HTTP/1.1 100")
+    writer.write(b"hello")
+    status, headers, _ = parse_response(await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3))
+    assert status == 200
+    body = await reader.readexactly(int(headers["content-length"]))
+    assert b'"body_size": 5' in body
+    writer.close()
+
+
+async def test_http10_client(upstreams, proxy) -> None:
+    up = await upstreams("v1")
+    worker = await proxy(one_version(up.address))
+    data = await raw_exchange(worker.port, b"GET /chunked HTTP/1.0\r\n\r\n")
+    status, headers, body = parse_response(data)
+    # No chunked encoding for HTTP/1.0: the body is delimited by closing the connection.
+    assert status == 200 and "transfer-encoding" not in headers and headers["connection"] == "close"
+    assert body == b"part0;part1;part2;part3;part4;"
+    reader, writer = await asyncio.open_connection("127.0.0.1", worker.port)
+    writer.write(b"GET /one HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    status, headers, _ = parse_response(await reader.readuntil(b"\r\n\r\n"))
+    assert headers["connection"] == "keep-alive"
+    await reader.readexactly(int(headers["content-length"]))
+    writer.write(b"GET /two HTTP/1.0\r\n\r\n")
+    assert parse_response(await asyncio.wait_for(reader.read(), 3))[0] == 200
+    writer.close()
+
+
+async def test_pipelined_requests_are_answered_in_order(upstreams, proxy) -> None:
+    up = await upstreams("v1")
+    worker = await proxy(one_version(up.address))
+    data = await raw_exchange(worker.port, (
+        b"GET /sleep?s=0.3 HTTP/1.1\r\nHost: h\r\n\r\n"
+        b"POST /second HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc"
+        b"GET /third HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+    ))
+    first = data.index(b"slept v1")
+    second = data.index(b'"/second"')
+    third = data.index(b'"/third"')
+    assert first < second < third
+
+
+async def test_connect_failure_is_502_and_no_endpoint_is_503(upstreams, proxy) -> None:
+    up = await upstreams("v2")
+    unused = RawUpstream(b"")
+    await unused.start()
+    closed_address = unused.address
+    await unused.stop()
+    await asyncio.sleep(0.05)
+    worker = await proxy({"s": service({"v1": [closed_address], "v2": [up.address], "v3": []}, rules=[
+        {"name": "to-v3", "match": {"headers": {"x-v": "3"}}, "version": "v3"},
+        {"name": "default", "version": "v1"},
+    ])})
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{worker.port}/") as response:
+            assert response.status == 502
+        async with session.get(f"http://127.0.0.1:{worker.port}/", headers={"X-V": "3"}) as response:
+            assert response.status == 503  # never served by another version
+    assert up.seen == []
+
+
+async def test_upstream_timeout_is_504(upstreams, proxy) -> None:
+    up = await upstreams("v1")
+    worker = await proxy(one_version(up.address), limits={"read_timeout": "300ms"})
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{worker.port}/sleep?s=3") as response:
+            assert response.status == 504
+        async with session.get(f"http://127.0.0.1:{worker.port}/fine") as response:
+            assert response.status == 200
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    ],
+    ids=["content-length", "chunked"],
+)
+async def test_upstream_dying_mid_body_aborts_the_client(proxy, reply: bytes) -> None:
+    raw = await RawUpstream(reply).start()
+    worker = await proxy(one_version(raw.address))
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{worker.port}/") as response:
+            assert response.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await response.read()
+    await raw.stop()
+
+
+async def test_body_until_close_is_rechunked_for_http11_clients(proxy) -> None:
+    raw = await RawUpstream(b"HTTP/1.1 200 OK\r\n\r\nuntil the end").start()
+    worker = await proxy(one_version(raw.address))
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{worker.port}/") as response:
+            assert response.headers["Transfer-Encoding"] == "chunked"
+            assert await response.read() == b"until the end"
+    await raw.stop()
