@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import yaml
 
@@ -323,10 +323,10 @@ class _Parser:
                     raise self.fail(f"{path}.rules[{i}].name", f"duplicate rule name {rule.name!r}")
                 seen.add(rule.name)
         else:
-            shorthand = {k: body[k] for k in ("split", "sticky", "version") if k in body}
-            if not shorthand:
+            route = {k: body[k] for k in ("split", "sticky", "version") if k in body}
+            if not route:
                 raise self.fail(path, "needs 'rules', or a 'split' or 'version' to route to")
-            rules = (self.rule({"name": "default", **shorthand}, path, names, 0, True),)
+            rules = (self.rule({"name": "default", **route}, path, names, 0, True),)
         return Service(name, hosts, prefix, salt, versions, rules)
 
     def hosts(self, raw: Any, path: str) -> tuple[str, ...]:
@@ -410,7 +410,7 @@ class _Parser:
         kinds = [k for k in ("header", "cookie", "query", "client_ip") if k in body]
         if len(kinds) != 1:
             raise self.fail(path, "give exactly one of header, cookie, query or client_ip")
-        kind = kinds[0]
+        kind = cast(StickyKind, kinds[0])
         assign = body.get("assign", False)
         if not isinstance(assign, bool):
             raise self.fail(_join(path, "assign"), "must be true or false")
@@ -460,7 +460,8 @@ class _Parser:
         body = self.mapping(raw, path, {"exact", "prefix", "regex", "present", "absent"})
         if len(body) != 1:
             raise self.fail(path, "give exactly one of exact, prefix, regex, present or absent")
-        ((kind, value),) = body.items()
+        ((name, value),) = body.items()
+        kind = cast(ConditionKind, name)  # the mapping check above allowed only these names
         if kind in ("present", "absent"):
             if value is not True:
                 raise self.fail(_join(path, kind), "must be true")

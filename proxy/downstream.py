@@ -99,8 +99,8 @@ class Downstream(asyncio.Protocol):
         worker = self.worker
         if len(worker.downstreams) >= self.limits.max_connections:
             self.dead = True
-            transport.write(local_response(503, "too many connections", close=True))
-            transport.close()
+            self.transport.write(local_response(503, "too many connections", close=True))
+            self.transport.close()
             return
         worker.downstreams.add(self)
         peer = transport.get_extra_info("peername")

@@ -304,16 +304,28 @@ def _compile_match(match: Match) -> Predicate | None:
         path_test = _compile_condition(match.path)
         tests.append(lambda r: path_test(r.path))
     for name, cond in match.headers:
-        tests.append(_field_test(lambda r, n=name: r.headers.get(n), cond))
+        tests.append(_field_test(_header(name), cond))
     for name, cond in match.cookies:
-        tests.append(_field_test(lambda r, n=name: r.cookies.get(n), cond))
+        tests.append(_field_test(_cookie(name), cond))
     for name, cond in match.query:
-        tests.append(_field_test(lambda r, n=name: r.params.get(n), cond))
+        tests.append(_field_test(_param(name), cond))
     if not tests:
         return None
     if len(tests) == 1:
         return tests[0]
     return lambda r: all(test(r) for test in tests)
+
+
+def _header(name: str) -> Callable[[Request], str | None]:
+    return lambda r: r.headers.get(name)
+
+
+def _cookie(name: str) -> Callable[[Request], str | None]:
+    return lambda r: r.cookies.get(name)
+
+
+def _param(name: str) -> Callable[[Request], str | None]:
+    return lambda r: r.params.get(name)
 
 
 def _field_test(get: Callable[[Request], str | None], cond: Condition) -> Predicate:

@@ -153,9 +153,8 @@ def _supervise(config_path: str, sock: socket.socket, count: int) -> int:
                     break
                 if pid == 0:
                     break
-                fd = children.pop(pid, None)
-                if fd is not None:
-                    os.close(fd)
+                if pid in children:
+                    os.close(children.pop(pid))
                 if not stopping:
                     log.error("worker %d exited (status %d); starting a new one", pid, status)
                     spawn()

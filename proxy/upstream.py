@@ -16,14 +16,16 @@ from typing import TYPE_CHECKING, Protocol, cast
 import httptools
 
 if TYPE_CHECKING:
-    from .downstream import Exchange
+    from .exchange import Exchange
 
 __all__ = ["Pool", "UpstreamConnection"]
 
 
 class PoolLimits(Protocol):
-    max_connections_per_endpoint: int
-    max_idle_per_endpoint: int
+    @property
+    def max_connections_per_endpoint(self) -> int: ...
+    @property
+    def max_idle_per_endpoint(self) -> int: ...
 
 
 class Pool:

@@ -11,7 +11,7 @@ import pytest
 from .helpers import RawUpstream, parse_response, raw_exchange, service
 
 
-def one_version(address: str, **limits: object) -> dict:
+def one_version(address: str) -> dict[str, object]:
     return {"s": service({"v1": [address]}, version="v1")}
 
 
@@ -50,13 +50,13 @@ async def test_hop_by_hop_and_connection_listed_headers_are_dropped_both_ways(pr
     status, headers, body = parse_response(data)
     assert (status, body) == (200, b"ok")
     assert headers["x-kept"] == "yes"
-    for gone in ("x-internal", "keep-alive", "proxy-connection", "trailer"):
-        assert gone not in headers
+    for name in ("x-internal", "keep-alive", "proxy-connection", "trailer"):
+        assert name not in headers
     sent = raw.received[0].lower()
     assert b"x-end-to-end: kept" in sent
     assert b"te: trailers\r\n" in sent
-    for gone in (b"x-secret", b"keep-alive", b"proxy-connection", b"upgrade", b"http2-settings", b"deflate"):
-        assert gone not in sent, gone
+    for dropped in (b"x-secret", b"keep-alive", b"proxy-connection", b"upgrade", b"http2-settings", b"deflate"):
+        assert dropped not in sent, dropped
     await raw.stop()
 
 
@@ -89,7 +89,8 @@ async def test_absolute_form_target_is_normalised(upstreams, proxy) -> None:
         "a": {"hosts": ["a.test"], "versions": {"v": [a.address]}, "version": "v"},
         "b": {"hosts": ["b.test"], "versions": {"v": [b.address]}, "version": "v"},
     })
-    data = await raw_exchange(worker.port, b"GET http://b.test/p?x=1 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+    request = b"GET http://b.test/p?x=1 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n"
+    data = await raw_exchange(worker.port, request)
     assert parse_response(data)[0] == 200
     assert (len(a.seen), b.seen[0]["path_qs"]) == (0, "/p?x=1")
     assert ["Host", "b.test"] in b.seen[0]["headers"]
@@ -98,13 +99,12 @@ async def test_absolute_form_target_is_normalised(upstreams, proxy) -> None:
 async def test_websocket_through_the_proxy(upstreams, proxy) -> None:
     up = await upstreams("v1")
     worker = await proxy(one_version(up.address))
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(f"http://127.0.0.1:{worker.port}/ws") as ws:
-            for i in range(20):
-                await ws.send_str(f"hello {i}")
-                assert (await ws.receive_str()) == f"v1:hello {i}"
-            await ws.send_bytes(b"\x00" * 100_000)
-            assert await ws.receive_bytes() == b"\x00" * 100_000
+    async with aiohttp.ClientSession() as session, session.ws_connect(f"http://127.0.0.1:{worker.port}/ws") as ws:
+        for i in range(20):
+            await ws.send_str(f"hello {i}")
+            assert (await ws.receive_str()) == f"v1:hello {i}"
+        await ws.send_bytes(b"\x00" * 100_000)
+        assert await ws.receive_bytes() == b"\x00" * 100_000
     # The client closed; the proxy must close the upstream side too.
     for _ in range(50):
         if not worker.downstreams:
@@ -225,19 +225,17 @@ async def test_upstream_timeout_is_504(upstreams, proxy) -> None:
 async def test_upstream_dying_mid_body_aborts_the_client(proxy, reply: bytes) -> None:
     raw = await RawUpstream(reply).start()
     worker = await proxy(one_version(raw.address))
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{worker.port}/") as response:
-            assert response.status == 200
-            with pytest.raises(aiohttp.ClientPayloadError):
-                await response.read()
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{worker.port}/") as response:
+        assert response.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await response.read()
     await raw.stop()
 
 
 async def test_body_until_close_is_rechunked_for_http11_clients(proxy) -> None:
     raw = await RawUpstream(b"HTTP/1.1 200 OK\r\n\r\nuntil the end").start()
     worker = await proxy(one_version(raw.address))
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{worker.port}/") as response:
-            assert response.headers["Transfer-Encoding"] == "chunked"
-            assert await response.read() == b"until the end"
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{worker.port}/") as response:
+        assert response.headers["Transfer-Encoding"] == "chunked"
+        assert await response.read() == b"until the end"
     await raw.stop()

@@ -45,7 +45,7 @@ async def test_sticky_split_ratio_over_many_keys_and_same_key_same_version(upstr
 
 async def test_rules_match_headers_cookies_query_path_and_method(upstreams, proxy) -> None:
     v1, v2, v3 = await upstreams("v1"), await upstreams("v2"), await upstreams("v3")
-    rules = [
+    rules: list[dict[str, object]] = [
         {"name": "hdr", "match": {"headers": {"x-beta": "yes"}}, "version": "v2"},
         {"name": "cookie", "match": {"cookies": {"canary": "1"}}, "version": "v3"},
         {"name": "query", "match": {"query": {"preview": {"present": True}}}, "version": "v2"},
