@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from .exchange import Exchange
-from .http1 import HOP_BY_HOP, Reject, connection_tokens, local_response
+from .http1 import HOP_BY_HOP, PLAIN_TOKENS, Reject, connection_tokens, local_response
 from .routing import Request, normalise_host
 
 if TYPE_CHECKING:
@@ -38,7 +38,8 @@ NEVER = float("inf")
 LINGER = 2.0  # seconds a closing connection keeps reading (and discarding) after its last response
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-_SET_BY_PROXY = frozenset({b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+# Headers the loop in ``prepare`` handles itself instead of passing them on as they are.
+_SPECIAL = HOP_BY_HOP | {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"expect"}
 _METHODS: dict[bytes, str] = {}
 
 
@@ -216,12 +217,16 @@ class Downstream(asyncio.Protocol):
         te_trailers = False
         expect_continue = False
         forwarded_for = b""
-        fields: dict[str, str] = {}
-        kept: list[tuple[bytes, bytes, bytes]] = []
+        fields: dict[str, str] = {}  # what routing sees: lower-case names, repeated headers joined
+        lines: list[bytes] = []  # what the upstream gets: the end-to-end headers as received
         for name, value in self.headers:
             lname = name.lower()
-            if lname in HOP_BY_HOP:
-                if lname == b"connection":
+            if lname in _SPECIAL:
+                if lname == b"host":
+                    if host is not None:
+                        raise Reject(400, "duplicate Host header")
+                    host = value
+                elif lname == b"connection":
                     tokens = connection_tokens(value) if tokens is None else tokens | connection_tokens(value)
                 elif lname == b"content-length":
                     length = value
@@ -231,25 +236,25 @@ class Downstream(asyncio.Protocol):
                     upgrade = value
                 elif lname == b"te":
                     te_trailers = b"trailers" in value.lower()
-                continue
-            if lname in _SET_BY_PROXY:
-                if lname == b"host":
-                    if host is not None:
-                        raise Reject(400, "duplicate Host header")
-                    host = value
                 elif lname == b"x-forwarded-for":
                     forwarded_for = value if not forwarded_for else forwarded_for + b", " + value
-                continue
-            if lname == b"expect":
+                if lname != b"expect":
+                    continue
                 expect_continue = value.lower() == b"100-continue"
-            kept.append((lname, name, value))
-        if tokens:
-            kept = [h for h in kept if h[0] not in tokens]
-        for lname, _, value in kept:
+            lines += (name, b": ", value, b"\r\n")
             key = lname.decode("latin-1")
-            text = value.decode("latin-1")
             previous = fields.get(key)
+            text = value.decode("latin-1")
             fields[key] = text if previous is None else previous + ("; " if key == "cookie" else ", ") + text
+        if tokens is not None and not tokens <= PLAIN_TOKENS:
+            # Rare: the client named end-to-end headers as hop-by-hop. Drop them from both views.
+            lines = []
+            for name, value in self.headers:
+                lname = name.lower()
+                if lname not in _SPECIAL and lname not in tokens:
+                    lines += (name, b": ", value, b"\r\n")
+            for token in tokens:
+                fields.pop(token.decode("latin-1"), None)
 
         target, host = self.request_target(method, host)
         if host is None:
@@ -283,9 +288,7 @@ class Downstream(asyncio.Protocol):
         forward_upgrade = bool(upgrade) and tokens is not None and b"upgrade" in tokens \
             and not upgrade.lower().startswith(b"h2c")
         set_cookie = b""
-        out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
-        for _, name, value in kept:
-            out += (name, b": ", value, b"\r\n")
+        out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n", *lines]
         if decision.assigned_key is not None and decision.sticky is not None:
             sticky = decision.sticky
             cookie = f"{sticky.name}={decision.assigned_key}".encode()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from .http1 import CRLF, HOP_BY_HOP, LAST_CHUNK, chunk, connection_tokens, local_response, status_line
+from .http1 import CRLF, HOP_BY_HOP, LAST_CHUNK, PLAIN_TOKENS, chunk, connection_tokens, local_response, status_line
 
 if TYPE_CHECKING:
     from .downstream import Downstream
@@ -241,7 +241,7 @@ class Exchange:
             self.fail(502, "upstream switched protocols without being asked")
             return
         self.response_started = True
-        kept: list[tuple[bytes, bytes, bytes]] = []
+        lines: list[bytes] = []
         tokens: set[bytes] | None = None
         length: bytes | None = None
         chunked = False
@@ -258,9 +258,10 @@ class Exchange:
                 elif lname == b"upgrade":
                     upgrade = value
                 continue
-            kept.append((lname, name, value))
-        if tokens:
-            kept = [h for h in kept if h[0] not in tokens]
+            lines += (name, b": ", value, CRLF)
+        if tokens is not None and not tokens <= PLAIN_TOKENS:
+            lines = [piece for name, value in headers if (lname := name.lower()) not in HOP_BY_HOP
+                     and lname not in tokens for piece in (name, b": ", value, CRLF)]
         down = self.down
         close = (
             not self.client_keep_alive
@@ -270,8 +271,7 @@ class Exchange:
         )
         out = down.out
         out.append(status_line(status, reason))
-        for _, name, value in kept:
-            out += (name, b": ", value, CRLF)
+        out += lines
         if self.set_cookie:
             out.append(self.set_cookie)
         if status == 101:

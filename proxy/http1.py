@@ -7,6 +7,7 @@ from http import HTTPStatus
 
 __all__ = [
     "HOP_BY_HOP",
+    "PLAIN_TOKENS",
     "Reject",
     "chunk",
     "connection_tokens",
@@ -29,6 +30,9 @@ HOP_BY_HOP = frozenset(
         b"http2-settings",
     }
 )
+
+# Connection tokens that name no other header: anything else in Connection makes that header hop-by-hop.
+PLAIN_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"})
 
 LAST_CHUNK = b"0\r\n\r\n"
 CRLF = b"\r\n"

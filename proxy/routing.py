@@ -19,7 +19,6 @@ from __future__ import annotations
 import re
 from bisect import bisect_right
 from collections.abc import Callable
-from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from itertools import accumulate
 from urllib.parse import parse_qsl
@@ -101,21 +100,26 @@ class VersionRoute:
         return self.endpoints[index]
 
 
-@dataclass(frozen=True, slots=True)
 class Decision:
-    service: str
-    rule: str
-    version: VersionRoute
-    bucket: int | None  # None when the choice was not sticky
-    assigned_key: str | None = None  # a fresh sticky key the response must set as a cookie
-    sticky: Sticky | None = None  # the stickiness that assigned it
+    """Where one request goes and why. (A plain slotted class: built per request, so it must be cheap.)"""
+
+    __slots__ = ("assigned_key", "bucket", "rule", "service", "sticky", "version")
+
+    def __init__(self, service: str, rule: str, version: VersionRoute, bucket: int | None,
+                 assigned_key: str | None = None, sticky: Sticky | None = None) -> None:
+        self.service = service
+        self.rule = rule
+        self.version = version
+        self.bucket = bucket  # None when the choice was not sticky
+        self.assigned_key = assigned_key  # a fresh sticky key the response must set as a cookie
+        self.sticky = sticky  # the stickiness that assigned it
 
 
 Predicate = Callable[[Request], bool]
 
 
 class SplitRoute:
-    __slots__ = ("bucketer", "cumulative", "owners", "sticky", "table", "total", "versions")
+    __slots__ = ("bucketer", "cumulative", "key", "owners", "sticky", "table", "total", "versions")
 
     def __init__(self, split: Split, versions: dict[str, VersionRoute], bucketer: Bucketer,
                  owners: tuple[str, ...]) -> None:
@@ -128,19 +132,7 @@ class SplitRoute:
         self.total = self.cumulative[-1]
         self.sticky = split.sticky
         self.bucketer = bucketer
-
-    def key(self, request: Request) -> str | None:
-        sticky = self.sticky
-        kind = sticky.kind
-        if kind == "header":
-            return request.headers.get(sticky.name) or None
-        if kind == "cookie":
-            return request.cookies.get(sticky.name) or None
-        if kind == "query":
-            return request.params.get(sticky.name) or None
-        if kind == "client_ip":
-            return request.client_ip or None
-        return None
+        self.key = _key_reader(split.sticky)
 
     def choose(self, request: Request, draw: Callable[[], int]) -> tuple[VersionRoute, int | None, str | None]:
         key = self.key(request)
@@ -210,6 +202,7 @@ class RoutingState:
         for table in (self._exact, self._wildcard):
             for entries in table.values():
                 entries.sort(key=lambda entry: len(entry[0]), reverse=True)
+        self._suffixes = any(key for key in self._wildcard)  # any "*.domain" at all?
 
     def find(self, host: str, path: str) -> ServiceRoute | None:
         """The service for a normalised host and a raw path: exact host, then the longest wildcard
@@ -220,7 +213,7 @@ class RoutingState:
             if found is not None:
                 return found
         if self._wildcard:
-            dot = host.find(".")
+            dot = host.find(".") if self._suffixes else -1
             while dot != -1:
                 entries = self._wildcard.get(host[dot:])
                 if entries is not None:
@@ -241,6 +234,20 @@ class RoutingState:
             for rule in service.rules
             if rule.split is not None
         }
+
+
+def _key_reader(sticky: Sticky) -> Callable[[Request], str | None]:
+    """Where a split's sticky key comes from; an empty value counts as no key."""
+    name = sticky.name
+    if sticky.kind == "header":
+        return lambda r: r.headers.get(name) or None
+    if sticky.kind == "cookie":
+        return lambda r: r.cookies.get(name) or None
+    if sticky.kind == "query":
+        return lambda r: r.params.get(name) or None
+    if sticky.kind == "client_ip":
+        return lambda r: r.client_ip or None
+    return lambda r: None
 
 
 def _by_prefix(entries: list[tuple[str, ServiceRoute]], path: str) -> ServiceRoute | None:
@@ -304,7 +311,7 @@ def _compile_match(match: Match) -> Predicate | None:
         path_test = _compile_condition(match.path)
         tests.append(lambda r: path_test(r.path))
     for name, cond in match.headers:
-        tests.append(_field_test(_header(name), cond))
+        tests.append(_header_test(name, cond))
     for name, cond in match.cookies:
         tests.append(_field_test(_cookie(name), cond))
     for name, cond in match.query:
@@ -316,8 +323,17 @@ def _compile_match(match: Match) -> Predicate | None:
     return lambda r: all(test(r) for test in tests)
 
 
-def _header(name: str) -> Callable[[Request], str | None]:
-    return lambda r: r.headers.get(name)
+def _header_test(name: str, cond: Condition) -> Predicate:
+    """Header conditions are the common case: one closure each, no nested calls."""
+    value = cond.value
+    if cond.kind == "exact":
+        return lambda r: r.headers.get(name) == value
+    if cond.kind == "present":
+        return lambda r: name in r.headers
+    if cond.kind == "absent":
+        return lambda r: name not in r.headers
+    test = _compile_condition(cond)
+    return lambda r: test(r.headers.get(name))
 
 
 def _cookie(name: str) -> Callable[[Request], str | None]:
