@@ -217,6 +217,8 @@ class Downstream(asyncio.Protocol):
         te_trailers = False
         expect_continue = False
         forwarded_for = b""
+        state = self.worker.state  # one snapshot for the whole decision
+        wanted = state.header_names
         fields: dict[str, str] = {}  # what routing sees: lower-case names, repeated headers joined
         lines: list[bytes] = []  # what the upstream gets: the end-to-end headers as received
         for name, value in self.headers:
@@ -242,10 +244,11 @@ class Downstream(asyncio.Protocol):
                     continue
                 expect_continue = value.lower() == b"100-continue"
             lines += (name, b": ", value, b"\r\n")
-            key = lname.decode("latin-1")
-            previous = fields.get(key)
-            text = value.decode("latin-1")
-            fields[key] = text if previous is None else previous + ("; " if key == "cookie" else ", ") + text
+            if lname in wanted:  # only headers some rule or split reads are decoded for routing
+                key = lname.decode("latin-1")
+                previous = fields.get(key)
+                text = value.decode("latin-1")
+                fields[key] = text if previous is None else previous + ("; " if key == "cookie" else ", ") + text
         if tokens is not None and not tokens <= PLAIN_TOKENS:
             # Rare: the client named end-to-end headers as hop-by-hop. Drop them from both views.
             lines = []
@@ -271,7 +274,7 @@ class Downstream(asyncio.Protocol):
         close = not keep_alive or (expect_continue and has_body)
         head_request = method == b"HEAD"
         worker = self.worker
-        service = worker.state.find(normalise_host(host_text), path_text)
+        service = state.find(normalise_host(host_text), path_text)
         if service is None:
             return self.local_exchange(404, f"no service for host {host_text!r} and path {path_text!r}",
                                        close, head_request)

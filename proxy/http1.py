@@ -58,11 +58,18 @@ def chunk(data: bytes) -> tuple[bytes, bytes, bytes]:
 
 
 _STATUS_LINES: dict[int, bytes] = {}
+_RELAYED_LINES: dict[tuple[int, bytes], bytes] = {}
 
 
 def status_line(status: int, reason: bytes | None = None) -> bytes:
     if reason is not None:
-        return b"HTTP/1.1 %d %s\r\n" % (status, reason)
+        key = (status, reason)
+        cached = _RELAYED_LINES.get(key)
+        if cached is None:
+            cached = b"HTTP/1.1 %d %s\r\n" % key
+            if len(_RELAYED_LINES) < 512:  # upstreams use a handful of reasons; don't grow without end
+                _RELAYED_LINES[key] = cached
+        return cached
     line = _STATUS_LINES.get(status)
     if line is None:
         try:

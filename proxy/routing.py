@@ -31,7 +31,8 @@ __all__ = ["Decision", "Request", "RoutingState", "Target", "build", "normalise_
 
 
 class Request:
-    """What routing may look at. Header names are lower-case; repeated headers are comma-joined."""
+    """What routing may look at. Header names are lower-case; repeated headers are comma-joined.
+    ``headers`` holds only the headers the snapshot reads (``RoutingState.header_names``)."""
 
     __slots__ = ("_cookies", "_params", "client_ip", "headers", "method", "path", "query")
 
@@ -203,6 +204,10 @@ class RoutingState:
             for entries in table.values():
                 entries.sort(key=lambda entry: len(entry[0]), reverse=True)
         self._suffixes = any(key for key in self._wildcard)  # any "*.domain" at all?
+        # The request headers any rule or split reads: the hot path decodes only these.
+        self.header_names = frozenset(
+            name.encode("latin-1") for service in config.services for name in _headers_read(service)
+        )
 
     def find(self, host: str, path: str) -> ServiceRoute | None:
         """The service for a normalised host and a raw path: exact host, then the longest wildcard
@@ -234,6 +239,19 @@ class RoutingState:
             for rule in service.rules
             if rule.split is not None
         }
+
+
+def _headers_read(service: Service) -> set[str]:
+    names = {"host"}
+    for rule in service.rules:
+        names.update(name for name, _ in rule.match.headers)
+        if rule.match.cookies:
+            names.add("cookie")
+        if rule.split is not None and rule.split.sticky.kind == "header":
+            names.add(rule.split.sticky.name)
+        if rule.split is not None and rule.split.sticky.kind == "cookie":
+            names.add("cookie")
+    return names
 
 
 def _key_reader(sticky: Sticky) -> Callable[[Request], str | None]:

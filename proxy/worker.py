@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import random
 import socket
@@ -34,6 +35,9 @@ class Worker:
         self.config = config
         self.limits = config.limits
         self.state = routing.build(config)
+        # Snapshots are large and long-lived (bucket tables); moving them out of the collector's
+        # view keeps full collections, which the per-request garbage triggers, short.
+        gc.freeze()
         self.scheme = scheme
         self.pools: dict[str, Pool] = {}
         self.downstreams: set[Downstream] = set()
@@ -67,6 +71,7 @@ class Worker:
         if config.listen != self.config.listen:
             log.warning("listen address changes need a restart; still serving %s", self.config.listen)
         self.state = routing.build(config, self.state)
+        gc.freeze()  # see __init__
         self.config = config
         self.limits = config.limits
         for pool in self.pools.values():
