@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from .exchange import Exchange
+from .exchange import PENDING_LIMIT, Exchange
 from .http1 import HOP_BY_HOP, PLAIN_TOKENS, Reject, connection_tokens, local_response
 from .routing import Request, normalise_host
 
@@ -54,6 +54,7 @@ class Downstream(asyncio.Protocol):
         "deadline_kind",
         "header_bytes",
         "headers",
+        "in_head",
         "incoming",
         "limits",
         "out",
@@ -79,6 +80,7 @@ class Downstream(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.header_bytes = 0
+        self.in_head = False
         self.queue: deque[Exchange] = deque()
         self.incoming: Exchange | None = None
         self.upgrading: Exchange | None = None
@@ -114,8 +116,12 @@ class Downstream(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel.transport.write(data)
             return
-        if self.upgrading is not None:
-            self.upgrading.pending.append(data)
+        if self.upgrading is not None:  # bytes after an upgrade request, before the upstream agreed
+            exchange = self.upgrading
+            exchange.pending.append(data)
+            exchange.pending_bytes += len(data)
+            if exchange.pending_bytes > PENDING_LIMIT:
+                self.pause_for_buffer(True)
             return
         if self.dead:
             return
@@ -158,6 +164,7 @@ class Downstream(asyncio.Protocol):
     # ------------------------------------------------------------------ httptools callbacks
 
     def on_message_begin(self) -> None:
+        self.in_head = True
         self.url = b""
         self.headers = []
         self.header_bytes = 0
@@ -179,6 +186,7 @@ class Downstream(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
         exchange = self.prepare()
         self.incoming = exchange
         self.set_deadline(BODY, self.limits.body_idle_timeout)
@@ -405,6 +413,7 @@ class Downstream(asyncio.Protocol):
             if exchange.pending:
                 conn.transport.write(b"".join(exchange.pending))
                 exchange.pending = []
+                self.pause_for_buffer(False)
         self.flush()
         if rest:
             self.transport.write(rest)
@@ -522,5 +531,6 @@ class Downstream(asyncio.Protocol):
     def drain(self) -> None:
         """Shutdown: close if idle, else close after the response in progress."""
         self.closing = True
-        if not self.queue and self.incoming is None and self.tunnel is None and self.deadline_kind != HEADERS:
-            self.transport.close()
+        busy = self.queue or self.in_head or self.incoming or self.tunnel or self.upgrading
+        if not busy:
+            self.close_lingering()

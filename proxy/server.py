@@ -20,6 +20,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import uvloop
@@ -192,4 +193,15 @@ def start_demo(config: Config) -> subprocess.Popen[bytes] | None:
     if not config.demo:
         return None
     args = [f"{app.version}={app.listen}" for app in config.demo]
-    return subprocess.Popen([sys.executable, "-m", "proxy.demo", *args])
+    process = subprocess.Popen([sys.executable, "-m", "proxy.demo", *args])
+    deadline = time.monotonic() + 10
+    waiting = list(config.demo)
+    while waiting and time.monotonic() < deadline and process.poll() is None:
+        try:  # serve only once the demo upstreams answer, so the first curl is not a 502
+            socket.create_connection((waiting[0].listen.host, waiting[0].listen.port), 0.2).close()
+            waiting.pop(0)
+        except OSError:
+            time.sleep(0.05)
+    if waiting:
+        log.warning("demo upstreams did not come up: %s", ", ".join(str(app.listen) for app in waiting))
+    return process

@@ -82,8 +82,9 @@ def test_missing_file_names_it(tmp_path: Path) -> None:
         load(tmp_path / "nope.yaml")
 
 
-def test_the_default_config_is_valid() -> None:
-    config = load(Path(__file__).parent.parent / "config" / "turnout.yaml")
+@pytest.mark.parametrize("name", ["turnout.yaml", "container.yaml"])
+def test_the_shipped_configs_are_valid(name: str) -> None:
+    config = load(Path(__file__).parent.parent / "config" / name)
     assert [v.name for v in config.services[0].versions] == ["v1", "v2"]
 
 

@@ -239,3 +239,80 @@ async def test_body_until_close_is_rechunked_for_http11_clients(proxy) -> None:
         assert response.headers["Transfer-Encoding"] == "chunked"
         assert await response.read() == b"until the end"
     await raw.stop()
+
+
+class AnswerOnceThenDrop:
+    """Answers the first request on each connection and keeps it open, then closes it, unanswered,
+    when a second request arrives: what a keep-alive upstream that timed out at the wrong moment does."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+
+async def test_a_dead_pooled_connection_is_retried_only_for_safe_requests(proxy) -> None:
+    upstream = AnswerOnceThenDrop()
+    worker = await proxy(one_version(await upstream.start()))
+    async with aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{worker.port}/"
+        for _ in range(3):  # each later GET meets the dropped connection first, and is retried
+            async with session.get(url) as response:
+                assert (response.status, await response.read()) == (200, b"ok")
+        assert upstream.connections == 3
+        async with session.post(url, data=b"not idempotent") as response:
+            assert response.status == 502  # never resent: the upstream may have acted on it
+    assert upstream.server is not None
+    upstream.server.close()
+
+
+async def test_a_head_response_with_a_stray_body_does_not_poison_the_pool(proxy) -> None:
+    raw = await RawUpstream(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", close=False).start()
+    worker = await proxy(one_version(raw.address))
+    reader, writer = await asyncio.open_connection("127.0.0.1", worker.port)
+    writer.write(b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+    assert b"Content-Length: 5" in head
+    writer.write(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    status, _, body = parse_response(await asyncio.wait_for(reader.read(), 3))
+    assert (status, body) == (200, b"hello")  # not "hello" left over from the HEAD, a real answer
+    assert len(raw.received) == 2  # on a new upstream connection each
+    writer.close()
+    await raw.stop()
+
+
+async def test_h2c_upgrade_is_stripped_and_the_request_served(upstreams, proxy) -> None:
+    up = await upstreams("v1")
+    worker = await proxy(one_version(up.address))
+    data = await raw_exchange(worker.port, (
+        b"GET /h2c HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+        b"HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\nGET /next HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+    ))
+    assert data.startswith(b"HTTP/1.1 200")
+    assert b'"/next"' in data  # the connection carried on as HTTP/1.1
+    sent = {name.lower() for name, _ in up.seen[0]["headers"]}
+    assert not sent & {"upgrade", "http2-settings", "connection"}
+
+
+async def test_pool_limit_queues_requests_and_bounds_the_wait(upstreams, proxy) -> None:
+    up = await upstreams("v1")
+    worker = await proxy(one_version(up.address),
+                         limits={"max_connections_per_endpoint": 1, "connect_timeout": "400ms"})
+    url = f"http://127.0.0.1:{worker.port}/sleep"
+    async with aiohttp.ClientSession() as a, aiohttp.ClientSession() as b:
+        first, second = await asyncio.gather(a.get(url + "?s=0.1"), b.get(url + "?s=0.1"))
+        assert (first.status, second.status) == (200, 200)  # the second waited for the one connection
+        assert len({entry["peer_port"] for entry in up.seen}) == 1
+        slow, starved = await asyncio.gather(a.get(url + "?s=1.5"), b.get(url + "?s=0"))
+        assert (slow.status, starved.status) == (200, 503)
