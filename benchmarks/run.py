@@ -253,33 +253,44 @@ def measure(name: str, work: Path, duration: float, connections: int, script: Pa
 
 
 def summarise(rounds: list[dict[str, dict[str, Any]]]) -> tuple[str, dict[str, Any]]:
+    """Medians per proxy, and ratios to nginx *paired within each round* (both measured minutes apart
+    on the same machine state), reported as their median and range: drift on a shared machine moves
+    absolute numbers far more than it moves these ratios."""
     summary: dict[str, Any] = {}
     lines = []
     for size in SIZES:
         lines.append(f"\n### {size} responses\n")
-        lines.append("| proxy | req/s median (min-max) | p50 ms | p99 ms | CPU-µs/req median (min-max) "
-                     "| CPU vs nginx | req/s vs nginx | p99 vs nginx | v2 share | errors |")
+        lines.append("| proxy | req/s | p50 ms | p99 ms | CPU-us/req (min-max) | CPU / nginx (min-max) "
+                     "| req/s / nginx | p99 / nginx | v2 share | errors |")
         lines.append("|---|---|---|---|---|---|---|---|---|---|")
-        medians: dict[str, dict[str, float]] = {}
+        summary[size] = {}
         for name in PROXIES:
             runs = [r[name]["runs"][size] for r in rounds]
-            med = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-            medians[name] = med
-            medians[name]["v2_share"] = statistics.median(r[name]["v2_share"] for r in rounds)
-            medians[name]["rps_min"] = min(run["rps"] for run in runs)
-            medians[name]["rps_max"] = max(run["rps"] for run in runs)
-            medians[name]["cpu_min"] = min(run["cpu_us_per_request"] for run in runs)
-            medians[name]["cpu_max"] = max(run["cpu_us_per_request"] for run in runs)
-        base = medians["nginx"]
-        for name, med in medians.items():
+            base = [r["nginx"]["runs"][size] for r in rounds]
+            cpu = [run["cpu_us_per_request"] for run in runs]
+            cpu_ratio = [a["cpu_us_per_request"] / b["cpu_us_per_request"] for a, b in zip(runs, base, strict=True)]
+            rps_ratio = [a["rps"] / b["rps"] for a, b in zip(runs, base, strict=True)]
+            p99_ratio = [a["p99_ms"] / b["p99_ms"] for a, b in zip(runs, base, strict=True)]
+            row = {
+                "rps": statistics.median(run["rps"] for run in runs),
+                "p50_ms": statistics.median(run["p50_ms"] for run in runs),
+                "p99_ms": statistics.median(run["p99_ms"] for run in runs),
+                "cpu_us_per_request": statistics.median(cpu),
+                "cpu_range": [min(cpu), max(cpu)],
+                "cpu_vs_nginx": statistics.median(cpu_ratio),
+                "cpu_vs_nginx_range": [min(cpu_ratio), max(cpu_ratio)],
+                "rps_vs_nginx": statistics.median(rps_ratio),
+                "p99_vs_nginx": statistics.median(p99_ratio),
+                "v2_share": statistics.median(r[name]["v2_share"] for r in rounds),
+                "errors": sum(run["errors"] for run in runs),
+            }
+            summary[size][name] = row
             lines.append(
-                f"| {name} | {med['rps']:.0f} ({med['rps_min']:.0f}-{med['rps_max']:.0f}) | {med['p50_ms']:.2f} "
-                f"| {med['p99_ms']:.2f} | {med['cpu_us_per_request']:.1f} ({med['cpu_min']:.1f}-{med['cpu_max']:.1f})"
-                f" | {med['cpu_us_per_request'] / base['cpu_us_per_request']:.2f}x "
-                f"| {med['rps'] / base['rps']:.2f}x | {med['p99_ms'] / base['p99_ms']:.2f}x "
-                f"| {med['v2_share']:.2f} | {med['errors']:.0f} |"
+                f"| {name} | {row['rps']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} "
+                f"| {row['cpu_us_per_request']:.1f} ({min(cpu):.1f}-{max(cpu):.1f}) "
+                f"| {row['cpu_vs_nginx']:.2f}x ({min(cpu_ratio):.2f}-{max(cpu_ratio):.2f}) "
+                f"| {row['rps_vs_nginx']:.2f}x | {row['p99_vs_nginx']:.2f}x | {row['v2_share']:.2f} | {row['errors']} |"
             )
-        summary[size] = medians
     return "\n".join(lines), summary
 
 
