@@ -38,8 +38,9 @@ NEVER = float("inf")
 LINGER = 2.0  # seconds a closing connection keeps reading (and discarding) after its last response
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-# Headers the loop in ``prepare`` handles itself instead of passing them on as they are.
-_SPECIAL = HOP_BY_HOP | {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"expect"}
+# Headers never passed on as received (the proxy writes its own), and those ``prepare`` also looks at.
+_DROPPED = HOP_BY_HOP | {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+_SPECIAL = _DROPPED | {b"expect"}
 _METHODS: dict[bytes, str] = {}
 
 
@@ -259,11 +260,7 @@ class Downstream(asyncio.Protocol):
                 fields[key] = text if previous is None else previous + ("; " if key == "cookie" else ", ") + text
         if tokens is not None and not tokens <= PLAIN_TOKENS:
             # Rare: the client named end-to-end headers as hop-by-hop. Drop them from both views.
-            lines = []
-            for name, value in self.headers:
-                lname = name.lower()
-                if lname not in _SPECIAL and lname not in tokens:
-                    lines += (name, b": ", value, b"\r\n")
+            lines = self.end_to_end(tokens)
             for token in tokens:
                 fields.pop(token.decode("latin-1"), None)
 
@@ -299,13 +296,17 @@ class Downstream(asyncio.Protocol):
         forward_upgrade = bool(upgrade) and tokens is not None and b"upgrade" in tokens \
             and not upgrade.lower().startswith(b"h2c")
         set_cookie = b""
-        out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n", *lines]
         if decision.assigned_key is not None and decision.sticky is not None:
+            # A fresh sticky key: the upstream sees it as if the client had sent it (in the one Cookie
+            # line RFC 6265 allows), and the client gets it to send from now on.
             sticky = decision.sticky
             cookie = f"{sticky.name}={decision.assigned_key}".encode()
-            out += (b"Cookie: ", cookie, b"\r\n")  # RFC 6265 allows one Cookie line; merged below
+            sent = [value for name, value in self.headers if name.lower() == b"cookie"]
+            lines = self.end_to_end(tokens or set(), skip=b"cookie")
+            lines += (b"Cookie: ", b"; ".join([*sent, cookie]), b"\r\n")
             set_cookie = b"Set-Cookie: %s; Path=/; Max-Age=%d; HttpOnly; SameSite=Lax\r\n" % (
                 cookie, sticky.max_age)
+        out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n", *lines]
         out += (b"X-Forwarded-For: ", forwarded_for + b", " if forwarded_for else b"",
                 self.client_ip_bytes, b"\r\nX-Forwarded-Proto: ", worker.scheme,
                 b"\r\nX-Forwarded-Host: ", host, b"\r\n")
@@ -332,6 +333,15 @@ class Downstream(asyncio.Protocol):
             expect_continue=expect_continue,
             set_cookie=set_cookie,
         )
+
+    def end_to_end(self, tokens: set[bytes], skip: bytes = b"") -> list[bytes]:
+        """The request's end-to-end header lines, without those named in Connection (and ``skip``)."""
+        lines: list[bytes] = []
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname not in _DROPPED and lname not in tokens and lname != skip:
+                lines += (name, b": ", value, b"\r\n")
+        return lines
 
     def request_target(self, method: bytes, host: bytes | None) -> tuple[bytes, bytes | None]:
         """Origin-form as is; absolute-form normalised to origin-form with its authority as Host

@@ -86,6 +86,12 @@ async def test_cookie_stickiness_assigns_keys_to_anonymous_clients(upstreams, pr
             async with session.get(url) as response:
                 assert "Set-Cookie" not in response.headers
                 assert response.headers["X-Version"] == version
+    # A client with cookies of its own, but not ours: one Cookie line, theirs first, then the key.
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url, headers={"Cookie": "theme=dark; lang=en"}) as response:
+            key = response.headers["Set-Cookie"].split(";")[0]
+            cookies = [v for k, v in (await response.json())["headers"] if k.lower() == "cookie"]
+        assert cookies == [f"theme=dark; lang=en; {key}"]
 
 
 async def test_no_service_for_host_is_404(upstreams, proxy) -> None:
