@@ -14,7 +14,6 @@ connection turned out to be dead before answering and the request is idempotent 
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 from .http1 import CRLF, HOP_BY_HOP, LAST_CHUNK, PLAIN_TOKENS, chunk, connection_tokens, local_response, status_line
@@ -152,7 +151,7 @@ class Exchange:
         return self.conn is None and not self.finished and not self.cancelled
 
     def open_connection(self, pool: Pool) -> None:
-        asyncio.get_running_loop().create_task(self._connect(pool))
+        self.down.worker.spawn(self._connect(pool))
 
     async def _connect(self, pool: Pool) -> None:
         try:

@@ -147,15 +147,11 @@ def _supervise(config_path: str, sock: socket.socket, count: int) -> int:
             for pid in children:
                 os.kill(pid, signal.SIGTERM)
         elif info.si_signo == signal.SIGCHLD:
-            while True:
-                try:
-                    pid, status = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if pid == 0:
-                    break
-                if pid in children:
-                    os.close(children.pop(pid))
+            for pid in list(children):  # only our workers: the demo upstreams are a child too
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done == 0:
+                    continue
+                os.close(children.pop(pid))
                 if not stopping:
                     log.error("worker %d exited (status %d); starting a new one", pid, status)
                     spawn()

@@ -14,6 +14,8 @@ import gc
 import logging
 import random
 import socket
+from collections.abc import Coroutine
+from typing import Any
 
 from . import routing
 from .config import Config
@@ -45,6 +47,7 @@ class Worker:
         self.now = 0.0
         self.server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def port(self) -> int:
@@ -59,6 +62,12 @@ class Worker:
             sock = socket.create_server((listen.host, listen.port), backlog=1024)
         self.server = await loop.create_server(lambda: Downstream(self), sock=sock, backlog=1024)
         self._sweeper = loop.create_task(self._sweep())
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run a background step (an upstream connect); the set keeps the task alive until done."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def pool(self, target: Target) -> Pool:
         pool = self.pools.get(target.address)
@@ -116,6 +125,8 @@ class Worker:
 
     async def close(self) -> None:
         """Immediate stop (tests): no grace, abort everything."""
+        for task in list(self._tasks):
+            task.cancel()
         if self.server is not None:
             self.server.close()
         for down in list(self.downstreams):
