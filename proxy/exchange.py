@@ -151,6 +151,7 @@ class Exchange:
         return self.conn is None and not self.finished and not self.cancelled
 
     def open_connection(self, pool: Pool) -> None:
+        pool.reserve()
         self.down.worker.spawn(self._connect(pool))
 
     async def _connect(self, pool: Pool) -> None:

@@ -54,9 +54,13 @@ class Pool:
     def can_open(self) -> bool:
         return self.open < self.limits.max_connections_per_endpoint
 
-    async def connect(self, timeout: float) -> UpstreamConnection:
-        """A new connection; counts against the cap while it is being made."""
+    def reserve(self) -> None:
+        """Count a connection against the cap from the moment it is decided, not when the connect
+        task first runs: two requests in one loop iteration must not both see a free slot."""
         self.open += 1
+
+    async def connect(self, timeout: float) -> UpstreamConnection:
+        """A new connection in a slot already reserved; the slot is given back if it fails."""
         try:
             loop = asyncio.get_running_loop()
             _, conn = await asyncio.wait_for(
