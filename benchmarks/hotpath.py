@@ -64,7 +64,7 @@ class MemoryTransport:
 def run(requests: int) -> float:
     worker = Worker(config_module.parse(CONFIG, "hotpath"))
     client = MemoryTransport()
-    down = Downstream(worker)
+    down = Downstream(worker, worker.listeners["http"])
     down.connection_made(client)  # type: ignore[arg-type]
     for address in ("127.0.0.1:19101", "127.0.0.1:19102"):  # one idle pooled connection each
         version = "v1" if address.endswith("19101") else "v2"

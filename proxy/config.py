@@ -17,17 +17,21 @@ from typing import Any, Literal, cast
 import yaml
 
 __all__ = [
+    "Certificate",
     "Condition",
     "Config",
     "ConfigError",
     "DemoApp",
     "Endpoint",
     "Limits",
+    "Listener",
     "Match",
     "Rule",
+    "ServerTls",
     "Service",
     "Split",
     "Sticky",
+    "UpstreamTls",
     "Version",
     "load",
     "parse",
@@ -53,9 +57,10 @@ StickyKind = Literal["none", "header", "cookie", "client_ip", "query"]
 class Endpoint:
     host: str
     port: int
+    tls: bool = False  # written as https://host:port
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"https://{self.host}:{self.port}" if self.tls else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +112,21 @@ class Rule:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamTls:
+    """How a version's https:// endpoints are reached. Paths are absolute."""
+
+    ca: str | None = None  # None: the system's CA bundle
+    verify: bool = True
+    server_name: str | None = None  # None: each endpoint's own host (SNI and hostname check)
+    cert: str | None = None  # client certificate for mTLS
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Version:
     name: str
     endpoints: tuple[Endpoint, ...]
+    tls: UpstreamTls = UpstreamTls()
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +155,30 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class Certificate:
+    cert: str  # absolute path of a PEM certificate (chain)
+    key: str  # absolute path of its PEM private key
+    names: tuple[str, ...] = ()  # SNI names it serves; empty: the names in the certificate
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    certificates: tuple[Certificate, ...]  # the first one is the default (no SNI, or no match)
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    name: str
+    address: Endpoint
+    tls: ServerTls | None = None
+    redirect_https: int | None = None  # answer every request with a 308 to https on this port
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls is not None else "http"
+
+
+@dataclass(frozen=True, slots=True)
 class DemoApp:
     version: str
     listen: Endpoint
@@ -146,7 +187,7 @@ class DemoApp:
 @dataclass(frozen=True, slots=True)
 class Config:
     source: str
-    listen: Endpoint
+    listeners: tuple[Listener, ...]
     limits: Limits
     services: tuple[Service, ...]
     demo: tuple[DemoApp, ...] = field(default=())
@@ -156,16 +197,23 @@ class Config:
 
 
 def load(path: str | Path) -> Config:
-    """Read and validate a config file; every failure is a ConfigError naming the file."""
+    """Read and validate a config file, including the certificate files it names; every failure is a
+    ConfigError naming the file and field."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(source, "", f"cannot read file: {exc.strerror}") from None
-    return parse(text, source)
+    config = parse(text, source)
+    from . import tls  # late: tls builds on this module's model
+
+    tls.check(config)
+    return config
 
 
 def parse(text: str, source: str = "<config>") -> Config:
+    """Validate config text. Relative file paths in it are taken from the directory of ``source``.
+    Certificate files are only named here; ``load`` (or ``tls.check``) reads them."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -188,6 +236,7 @@ class _Parser:
 
     def __init__(self, source: str) -> None:
         self.source = source
+        self.base = Path(source).parent if not source.startswith("<") else Path.cwd()
 
     def fail(self, path: str, message: str) -> ConfigError:
         return ConfigError(self.source, path, message)
@@ -233,17 +282,33 @@ class _Parser:
             raise self.fail(path, f"must be more than 0 and at most one day, got {value!r}")
         return seconds
 
-    def endpoint(self, value: Any, path: str) -> Endpoint:
+    def endpoint(self, value: Any, path: str, schemes: bool = False) -> Endpoint:
         if not isinstance(value, str):
             raise self.fail(path, f"must be host:port, got {_kind(value)}")
         text = value
+        tls = False
+        if schemes and "://" in text:
+            scheme, _, text = text.partition("://")
+            if scheme not in ("http", "https"):
+                raise self.fail(path, f"scheme must be http or https, got {scheme!r}")
+            tls = scheme == "https"
         host, sep, port = text.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise self.fail(path, f"must be host:port, got {text!r}")
         number = int(port)
         if not 0 <= number <= 65535:
             raise self.fail(path, f"port must be 0..65535, got {number}")
-        return Endpoint(host.strip("[]"), number)
+        return Endpoint(host.strip("[]"), number, tls)
+
+    def file(self, value: Any, path: str) -> str:
+        """A file path, made absolute against the config file's directory."""
+        text = self.string(value, path)
+        return str((self.base / text).resolve())
+
+    def boolean(self, value: Any, path: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(path, f"must be true or false, got {_kind(value)}")
+        return value
 
     def name(self, value: Any, path: str, what: str) -> str:
         text = self.string(value, path)
@@ -254,8 +319,8 @@ class _Parser:
     # -- the document
 
     def config(self, raw: Any) -> Config:
-        top = self.mapping(raw, "", {"listen", "limits", "services", "demo"})
-        listen = self.endpoint(top.get("listen", "127.0.0.1:8080"), "listen")
+        top = self.mapping(raw, "", {"listen", "listeners", "limits", "services", "demo"})
+        listeners = self.listeners(top)
         limits = self.limits(top.get("limits"), "limits")
         services_raw = self.mapping(top.get("services"), "services")
         if not services_raw:
@@ -265,7 +330,68 @@ class _Parser:
         )
         self.check_unique_routes(services)
         demo = self.demo(top.get("demo"), "demo")
-        return Config(self.source, listen, limits, services, demo)
+        return Config(self.source, listeners, limits, services, demo)
+
+    def listeners(self, top: Mapping[str, Any]) -> tuple[Listener, ...]:
+        if "listen" in top and "listeners" in top:
+            raise self.fail("listeners", "give either 'listen' (one plain listener) or 'listeners'")
+        if "listeners" not in top:
+            return (Listener("http", self.endpoint(top.get("listen", "127.0.0.1:8080"), "listen")),)
+        raw = top["listeners"]
+        if not isinstance(raw, list) or not raw:
+            raise self.fail("listeners", "must be a non-empty list of listeners")
+        listeners = []
+        for i, item in enumerate(raw):
+            where = f"listeners[{i}]"
+            body = self.mapping(item, where, {"name", "listen", "tls", "redirect_https"})
+            name = self.name(body.get("name", f"listener-{i}"), _join(where, "name"), "listener name")
+            address = self.endpoint(body.get("listen"), _join(where, "listen"))
+            tls = self.server_tls(body["tls"], _join(where, "tls")) if "tls" in body else None
+            redirect = None
+            if "redirect_https" in body:
+                if tls is not None:
+                    raise self.fail(_join(where, "redirect_https"), "a TLS listener cannot redirect to itself")
+                redirect = self.integer(body["redirect_https"], _join(where, "redirect_https"), 1, 65535)
+            listeners.append(Listener(name, address, tls, redirect))
+        for i, listener in enumerate(listeners):
+            for other in listeners[:i]:
+                if listener.name == other.name:
+                    raise self.fail(f"listeners[{i}].name", f"duplicate listener name {listener.name!r}")
+                if listener.address == other.address and listener.address.port != 0:
+                    raise self.fail(f"listeners[{i}].listen", f"{listener.address} is already used by {other.name!r}")
+        return tuple(listeners)
+
+    def server_tls(self, raw: Any, path: str) -> ServerTls:
+        body = self.mapping(raw, path, {"certificates"})
+        items = body.get("certificates")
+        if not isinstance(items, list) or not items:
+            raise self.fail(_join(path, "certificates"), "must be a non-empty list of {cert, key, names}")
+        certificates = []
+        for i, item in enumerate(items):
+            where = f"{path}.certificates[{i}]"
+            entry = self.mapping(item, where, {"cert", "key", "names"})
+            names: tuple[str, ...] = ()
+            if "names" in entry:
+                names = self.hosts(entry["names"], _join(where, "names"))
+            certificates.append(Certificate(
+                self.file(entry.get("cert"), _join(where, "cert")),
+                self.file(entry.get("key"), _join(where, "key")),
+                names,
+            ))
+        return ServerTls(tuple(certificates))
+
+    def upstream_tls(self, raw: Any, path: str) -> UpstreamTls:
+        body = self.mapping(raw, path, {"ca", "verify", "server_name", "cert", "key"})
+        if ("cert" in body) != ("key" in body):
+            raise self.fail(path, "a client certificate needs both 'cert' and 'key'")
+        return UpstreamTls(
+            ca=self.file(body["ca"], _join(path, "ca")) if "ca" in body else None,
+            verify=self.boolean(body.get("verify", True), _join(path, "verify")),
+            server_name=self.string(body["server_name"], _join(path, "server_name")) if "server_name" in body
+            else None,
+            cert=self.file(body["cert"], _join(path, "cert")) if "cert" in body else None,
+            key=self.file(body["key"], _join(path, "key")) if "key" in body else None,
+        )
 
     def limits(self, raw: Any, path: str) -> Limits:
         defaults = Limits()
@@ -354,14 +480,15 @@ class _Parser:
             self.name(name, where, "version name")
             if isinstance(value, list):
                 value = {"endpoints": value}
-            entry = self.mapping(value, where, {"endpoints"})
+            entry = self.mapping(value, where, {"endpoints", "tls"})
             endpoints_raw = entry.get("endpoints")
             if not isinstance(endpoints_raw, list):
-                raise self.fail(_join(where, "endpoints"), "must be a list of host:port")
+                raise self.fail(_join(where, "endpoints"), "must be a list of host:port or https://host:port")
             endpoints = tuple(
-                self.endpoint(item, f"{where}.endpoints[{i}]") for i, item in enumerate(endpoints_raw)
+                self.endpoint(item, f"{where}.endpoints[{i}]", schemes=True) for i, item in enumerate(endpoints_raw)
             )
-            versions.append(Version(name, endpoints))
+            tls = self.upstream_tls(entry["tls"], _join(where, "tls")) if "tls" in entry else UpstreamTls()
+            versions.append(Version(name, endpoints, tls))
         return tuple(versions)
 
     def rule(self, raw: Any, path: str, versions: list[str], index: int, last: bool) -> Rule:

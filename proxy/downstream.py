@@ -28,7 +28,7 @@ from .routing import Request, normalise_host
 
 if TYPE_CHECKING:
     from .upstream import UpstreamConnection
-    from .worker import Worker
+    from .worker import Listening, Worker
 
 __all__ = ["Downstream"]
 
@@ -58,6 +58,7 @@ class Downstream(asyncio.Protocol):
         "in_head",
         "incoming",
         "limits",
+        "listening",
         "out",
         "parser",
         "queue",
@@ -71,8 +72,9 @@ class Downstream(asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Worker, listening: Listening) -> None:
         self.worker = worker
+        self.listening = listening
         self.limits = worker.limits
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
         self.parser = httptools.HttpRequestParser(self)
@@ -278,6 +280,8 @@ class Downstream(asyncio.Protocol):
         keep_alive = parser.should_keep_alive()
         close = not keep_alive or (expect_continue and has_body)
         head_request = method == b"HEAD"
+        if self.listening.redirect_https is not None:
+            return self.redirect(host, target, close, head_request)
         worker = self.worker
         service = state.find(normalise_host(host_text), path_text)
         if service is None:
@@ -308,7 +312,7 @@ class Downstream(asyncio.Protocol):
                 cookie, sticky.max_age)
         out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n", *lines]
         out += (b"X-Forwarded-For: ", forwarded_for + b", " if forwarded_for else b"",
-                self.client_ip_bytes, b"\r\nX-Forwarded-Proto: ", worker.scheme,
+                self.client_ip_bytes, b"\r\nX-Forwarded-Proto: ", self.listening.scheme,
                 b"\r\nX-Forwarded-Host: ", host, b"\r\n")
         if chunked:
             out.append(b"Transfer-Encoding: chunked\r\n")
@@ -369,9 +373,21 @@ class Downstream(asyncio.Protocol):
             return target, authority
         raise Reject(400, "bad request target")
 
-    def local_exchange(self, status: int, message: str, close: bool, head_request: bool) -> Exchange:
-        response = local_response(status, message, close, head_only=head_request)
+    def local_exchange(self, status: int, message: str, close: bool, head_request: bool,
+                       extra: bytes = b"") -> Exchange:
+        response = local_response(status, message, close, head_only=head_request, extra=extra)
         return Exchange(self, local=response, close_after=close, http11=True)
+
+    def redirect(self, host: bytes, target: bytes, close: bool, head_request: bool) -> Exchange:
+        """A redirecting listener: 308 (method and body kept by the client) to the same host and
+        target on https, on the configured port."""
+        port = self.listening.redirect_https
+        name = normalise_host(host.decode("latin-1"))
+        if not name:
+            return self.local_exchange(400, "cannot redirect without a Host", True, head_request)
+        authority = name if port == 443 else f"{name}:{port}"
+        location = f"https://{authority}".encode("latin-1") + target
+        return self.local_exchange(308, "use https", close, head_request, extra=b"Location: " + location + b"\r\n")
 
     # ------------------------------------------------------------------ exchanges in order
 

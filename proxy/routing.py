@@ -71,14 +71,16 @@ def parse_cookies(header: str) -> dict[str, str]:
 
 
 class Target:
-    """One upstream endpoint; ``address`` ("host:port") keys the shell's connection pools."""
+    """One upstream endpoint; ``address`` keys the shell's connection pools. A TLS endpoint's key also
+    names its version, whose TLS settings (CA, client certificate, server name) the pool uses."""
 
-    __slots__ = ("address", "host", "port")
+    __slots__ = ("address", "host", "port", "tls")
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, tls: tuple[str, str] | None = None) -> None:
         self.host = host
         self.port = port
-        self.address = f"{host}:{port}"
+        self.tls = tls  # (service, version) for https:// endpoints
+        self.address = f"https://{host}:{port}/{tls[0]}/{tls[1]}" if tls else f"{host}:{port}"
 
 
 class VersionRoute:
@@ -299,7 +301,9 @@ def build(config: Config, previous: RoutingState | None = None, generation: int 
     for service in config.services:
         bucketer = Bucketer(service.salt)
         versions = {
-            v.name: VersionRoute(service.name, v.name, tuple(Target(e.host, e.port) for e in v.endpoints))
+            v.name: VersionRoute(service.name, v.name, tuple(
+                Target(e.host, e.port, (service.name, v.name) if e.tls else None) for e in v.endpoints
+            ))
             for v in service.versions
         }
         rules = tuple(

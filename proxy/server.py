@@ -27,7 +27,7 @@ import uvloop
 
 from . import config as config_module
 from .config import Config, ConfigError
-from .worker import Worker
+from .worker import Worker, listen_socket
 
 __all__ = ["serve"]
 
@@ -43,38 +43,40 @@ def serve(config_path: str, workers: int = 1) -> int:
         return 2
     demo = start_demo(config)
     try:
-        listen = config.listen
-        try:
-            sock = socket.create_server((listen.host, listen.port), backlog=1024)
-        except OSError as exc:
-            print(f"turnout: cannot listen on {listen}: {exc.strerror}", file=sys.stderr)
-            return 1
-        host, port = sock.getsockname()[:2]
-        log.info("listening on http://%s:%d with %d worker(s), generation 1", host, port, workers)
+        sockets = {}
+        for listener in config.listeners:
+            try:
+                sockets[listener.name] = listen_socket(listener)
+            except OSError as exc:
+                print(f"turnout: cannot listen on {listener.address}: {exc.strerror}", file=sys.stderr)
+                return 1
+            host, port = sockets[listener.name].getsockname()[:2]
+            log.info("listening on %s://%s:%d (listener %s)", listener.scheme, host, port, listener.name)
+        log.info("serving with %d worker(s), generation 1", workers)
         if workers <= 1:
-            uvloop.run(_worker_main(config, config_path, sock, None))
+            uvloop.run(_worker_main(config, config_path, sockets, None))
             return 0
-        return _supervise(config_path, sock, workers)
+        return _supervise(config_path, sockets, workers)
     finally:
         if demo is not None:
             demo.terminate()
             demo.wait(5)
 
 
-async def _worker_main(config: Config, config_path: str, sock: socket.socket, control: int | None) -> None:
+async def _worker_main(config: Config, config_path: str, sockets: dict[str, socket.socket],
+                       control: int | None) -> None:
     """A worker's life: serve, reload on SIGHUP (or on a message from the supervisor), drain on TERM."""
     loop = asyncio.get_running_loop()
     worker = Worker(config)
-    await worker.start(sock)
+    await worker.start(sockets)
     stop = asyncio.Event()
 
     def reload_file() -> None:
         try:
-            new = config_module.load(config_path)
+            worker.apply(config_module.load(config_path))
         except ConfigError as exc:
             log.error("reload refused, still serving generation %d: %s", worker.state.generation, exc)
             return
-        worker.apply(new)
         log.info("reloaded %s: generation %d", config_path, worker.state.generation)
 
     if control is None:
@@ -87,7 +89,11 @@ async def _worker_main(config: Config, config_path: str, sock: socket.socket, co
                 if text is None:  # the supervisor is gone: nobody to answer to
                     stop.set()
                     return
-                worker.apply(config_module.parse(text, config_path))
+                try:
+                    worker.apply(config_module.parse(text, config_path))
+                except ConfigError as exc:  # a certificate file changed since the supervisor checked it
+                    log.error("worker %d refused the reload: %s", os.getpid(), exc)
+                    continue
                 log.info("worker %d applied generation %d", os.getpid(), worker.state.generation)
 
         loop.add_reader(control, on_control)
@@ -103,7 +109,7 @@ async def _worker_main(config: Config, config_path: str, sock: socket.socket, co
 # ----------------------------------------------------------------------------------------------- supervisor
 
 
-def _supervise(config_path: str, sock: socket.socket, count: int) -> int:
+def _supervise(config_path: str, sockets: dict[str, socket.socket], count: int) -> int:
     handled = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
     signal.pthread_sigmask(signal.SIG_BLOCK, handled)
     children: dict[int, int] = {}  # pid -> write end of its control pipe
@@ -117,7 +123,7 @@ def _supervise(config_path: str, sock: socket.socket, count: int) -> int:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
             code = 0
             try:
-                uvloop.run(_worker_main(config_module.parse(text, config_path), config_path, sock, read_end))
+                uvloop.run(_worker_main(config_module.parse(text, config_path), config_path, sockets, read_end))
             except BaseException:
                 log.exception("worker crashed")
                 code = 1
@@ -143,7 +149,8 @@ def _supervise(config_path: str, sock: socket.socket, count: int) -> int:
             log.info("reloaded %s: sent to %d workers", config_path, len(children))
         elif info.si_signo in (signal.SIGTERM, signal.SIGINT) and not stopping:
             stopping = True
-            sock.close()  # our copy: once the workers close theirs, the port stops accepting
+            for sock in sockets.values():
+                sock.close()  # our copy: once the workers close theirs, the ports stop accepting
             for pid in children:
                 os.kill(pid, signal.SIGTERM)
         elif info.si_signo == signal.SIGCHLD:

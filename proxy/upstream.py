@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Protocol, cast
 import httptools
 
 if TYPE_CHECKING:
+    from ssl import SSLContext
+
     from .exchange import Exchange
 
 __all__ = ["Pool", "UpstreamConnection"]
@@ -32,13 +34,16 @@ class Pool:
     """Connections to one endpoint: idle ones (LIFO, so a warm one is reused first), a cap on all
     open ones, and the exchanges waiting for a connection when the cap is reached."""
 
-    __slots__ = ("address", "closed", "host", "idle", "limits", "open", "port", "waiters")
+    __slots__ = ("address", "closed", "host", "idle", "limits", "open", "port", "server_name", "ssl", "waiters")
 
-    def __init__(self, host: str, port: int, limits: PoolLimits) -> None:
+    def __init__(self, host: str, port: int, limits: PoolLimits, ssl: SSLContext | None = None,
+                 server_name: str | None = None) -> None:
         self.host = host
         self.port = port
-        self.address = f"{host}:{port}"
+        self.address = f"https://{host}:{port}" if ssl is not None else f"{host}:{port}"
         self.limits = limits
+        self.ssl = ssl  # replaced on reload; connections already open keep their session
+        self.server_name = server_name
         self.idle: list[UpstreamConnection] = []
         self.open = 0  # established and connecting
         self.waiters: deque[Exchange] = deque()
@@ -63,9 +68,14 @@ class Pool:
         """A new connection in a slot already reserved; the slot is given back if it fails."""
         try:
             loop = asyncio.get_running_loop()
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port), timeout
-            )
+            if self.ssl is None:
+                made = loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port)
+            else:
+                made = loop.create_connection(
+                    lambda: UpstreamConnection(self), self.host, self.port, ssl=self.ssl,
+                    server_hostname=self.server_name or self.host, ssl_handshake_timeout=timeout,
+                )
+            _, conn = await asyncio.wait_for(made, timeout)
         except BaseException:
             self.open -= 1
             raise

@@ -17,10 +17,11 @@ import socket
 from collections.abc import Coroutine
 from typing import Any
 
-from . import routing
-from .config import Config
+from . import routing, tls
+from .config import Config, Listener
 from .downstream import Downstream
 from .routing import Target
+from .tls import CertificateSet, Terminator
 from .upstream import Pool
 
 __all__ = ["Worker"]
@@ -32,35 +33,65 @@ log = logging.getLogger("turnout")
 TICK = 0.1
 
 
-class Worker:
-    def __init__(self, config: Config, scheme: bytes = b"http") -> None:
+class Listening:
+    """A listener as the hot path sees it: its scheme for X-Forwarded-Proto, its redirect, its TLS."""
+
+    __slots__ = ("config", "redirect_https", "scheme", "server", "terminator")
+
+    def __init__(self, config: Listener, certificates: CertificateSet | None) -> None:
         self.config = config
-        self.limits = config.limits
-        self.state = routing.build(config)
-        # Snapshots are large and long-lived (bucket tables); moving them out of the collector's
-        # view keeps full collections, which the per-request garbage triggers, short.
-        gc.freeze()
-        self.scheme = scheme
-        self.pools: dict[str, Pool] = {}
-        self.downstreams: set[Downstream] = set()
-        self.draw = functools.partial(random.Random().getrandbits, 64)
-        self.now = 0.0
+        self.scheme = config.scheme.encode()
+        self.redirect_https = config.redirect_https
+        self.terminator = Terminator(certificates) if certificates is not None else None
         self.server: asyncio.Server | None = None
-        self._sweeper: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def port(self) -> int:
         assert self.server is not None and self.server.sockets
         return int(self.server.sockets[0].getsockname()[1])
 
-    async def start(self, sock: socket.socket | None = None) -> None:
+
+class Worker:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.limits = config.limits
+        self.tls = tls.build(config)
+        self.state = routing.build(config)
+        # Snapshots are large and long-lived (bucket tables); moving them out of the collector's
+        # view keeps full collections, which the per-request garbage triggers, short.
+        gc.freeze()
+        self.listeners = {
+            listener.name: Listening(listener, self.tls.listeners.get(listener.name))
+            for listener in config.listeners
+        }
+        self.pools: dict[str, Pool] = {}
+        self._pool_tls: dict[str, tuple[str, str]] = {}  # pool address -> the version whose TLS it uses
+        self.downstreams: set[Downstream] = set()
+        self.draw = functools.partial(random.Random().getrandbits, 64)
+        self.now = 0.0
+        self._sweeper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        """The first listener's port (what a single-listener config and its tests need)."""
+        return next(iter(self.listeners.values())).port
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {name: listening.port for name, listening in self.listeners.items()}
+
+    async def start(self, sockets: dict[str, socket.socket] | None = None) -> None:
         loop = asyncio.get_running_loop()
         self.now = loop.time()
-        if sock is None:
-            listen = self.config.listen
-            sock = socket.create_server((listen.host, listen.port), backlog=1024)
-        self.server = await loop.create_server(lambda: Downstream(self), sock=sock, backlog=1024)
+        for name, listening in self.listeners.items():
+            sock = sockets[name] if sockets is not None else listen_socket(listening.config)
+            terminator = listening.terminator
+            listening.server = await loop.create_server(
+                functools.partial(Downstream, self, listening), sock=sock, backlog=1024,
+                ssl=terminator.context if terminator is not None else None,
+                ssl_handshake_timeout=self.limits.header_timeout if terminator is not None else None,
+            )
         self._sweeper = loop.create_task(self._sweep())
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
@@ -72,19 +103,38 @@ class Worker:
     def pool(self, target: Target) -> Pool:
         pool = self.pools.get(target.address)
         if pool is None:
-            pool = self.pools[target.address] = Pool(target.host, target.port, self.limits)
+            upstream_tls = self.tls.upstreams[target.tls] if target.tls is not None else None
+            pool = self.pools[target.address] = Pool(
+                target.host, target.port, self.limits,
+                upstream_tls.context if upstream_tls else None, upstream_tls.server_name if upstream_tls else None,
+            )
+            if target.tls is not None:
+                self._pool_tls[target.address] = target.tls
         return pool
 
     def apply(self, config: Config) -> None:
-        """Swap in a new snapshot built from ``config`` (bucket tables rebalanced, not rebuilt)."""
-        if config.listen != self.config.listen:
-            log.warning("listen address changes need a restart; still serving %s", self.config.listen)
-        self.state = routing.build(config, self.state)
+        """Swap in a new snapshot built from ``config`` (bucket tables rebalanced, not rebuilt) and new
+        certificates. Everything is built before anything is swapped: a failure changes nothing."""
+        if _sockets_of(config) != _sockets_of(self.config):
+            log.warning("listener changes need a restart; still serving %s",
+                        ", ".join(f"{each.scheme}://{each.address}" for each in self.config.listeners))
+        material = tls.build(config)
+        state = routing.build(config, self.state)
+        self.state = state
         gc.freeze()  # see __init__
+        self.tls = material
         self.config = config
         self.limits = config.limits
-        for pool in self.pools.values():
+        for listening in self.listeners.values():
+            certificates = material.listeners.get(listening.config.name)
+            if listening.terminator is not None and certificates is not None:
+                listening.terminator.certificates = certificates
+        for address, pool in self.pools.items():
             pool.limits = config.limits
+            key = self._pool_tls.get(address)
+            if key is not None and key in material.upstreams:
+                pool.ssl = material.upstreams[key].context
+                pool.server_name = material.upstreams[key].server_name
 
     def tick(self, now: float) -> None:
         self.now = now
@@ -105,8 +155,9 @@ class Worker:
         let requests in flight finish within the drain timeout, close idle keep-alives, then stop."""
         limits = self.limits
         await asyncio.sleep(limits.shutdown_grace)
-        if self.server is not None:
-            self.server.close()
+        for listening in self.listeners.values():
+            if listening.server is not None:
+                listening.server.close()
         for down in list(self.downstreams):
             down.drain()
         loop = asyncio.get_running_loop()
@@ -120,18 +171,27 @@ class Worker:
             pool.close_idle()
         if self._sweeper is not None:
             self._sweeper.cancel()
-        if self.server is not None:
-            await self.server.wait_closed()
 
     async def close(self) -> None:
         """Immediate stop (tests): no grace, abort everything."""
+        for listening in self.listeners.values():
+            if listening.server is not None:
+                listening.server.close()
         for task in list(self._tasks):
             task.cancel()
-        if self.server is not None:
-            self.server.close()
         for down in list(self.downstreams):
             down.abort()
         for pool in self.pools.values():
             pool.close_idle()
         if self._sweeper is not None:
             self._sweeper.cancel()
+
+
+def _sockets_of(config: Config) -> list[tuple[str, object, str]]:
+    return [(each.name, each.address, each.scheme) for each in config.listeners]
+
+
+def listen_socket(listener: Listener) -> socket.socket:
+    """The listening socket of a listener (made before workers fork, so they can share it)."""
+    address = listener.address
+    return socket.create_server((address.host, address.port), backlog=1024)

@@ -74,7 +74,7 @@ def test_durations_and_defaults() -> None:
     config = parse("limits: {header_timeout: 250ms, read_timeout: 2m, keepalive_timeout: 5}\n" + BASE)
     assert (config.limits.header_timeout, config.limits.read_timeout, config.limits.keepalive_timeout) == (0.25, 120, 5)
     assert config.limits.max_header_bytes == 32768
-    assert config.listen.port == 8080
+    assert [(x.name, x.address.port, x.tls) for x in config.listeners] == [("http", 8080, None)]
 
 
 def test_missing_file_names_it(tmp_path: Path) -> None:
