@@ -14,6 +14,8 @@ connection turned out to be dead before answering and the request is idempotent 
 
 from __future__ import annotations
 
+import logging
+import ssl
 from typing import TYPE_CHECKING
 
 from .http1 import CRLF, HOP_BY_HOP, LAST_CHUNK, PLAIN_TOKENS, chunk, connection_tokens, local_response, status_line
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
     from .upstream import Pool, UpstreamConnection
 
 __all__ = ["Exchange"]
+
+log = logging.getLogger("turnout")
 
 # Request body bytes buffered while no upstream connection is attached, before the client is paused.
 PENDING_LIMIT = 256 * 1024
@@ -159,6 +163,11 @@ class Exchange:
             conn = await pool.connect(self.down.limits.connect_timeout)
         except TimeoutError:
             self.fail(504, f"timed out connecting to upstream {pool.address}")
+            return
+        except ssl.SSLError as exc:
+            # Said once per failed connect: the operator needs the reason, the client only gets a 502.
+            log.warning("TLS to upstream %s failed: %s", pool.address, exc)
+            self.fail(502, f"TLS to upstream {pool.address} failed")
             return
         except OSError as exc:
             self.fail(502, f"cannot connect to upstream {pool.address}: {exc.strerror or exc}")

@@ -175,14 +175,16 @@ class ProxyProcess:
             [sys.executable, "-m", "proxy", "--config", str(config_path), "--workers", str(workers)],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
         )
-        self.port = self._wait_port()
+        self.ports = self._wait_ports()
+        self.port = next(iter(self.ports.values()))
 
-    def _wait_port(self) -> int:
+    def _wait_ports(self) -> dict[str, int]:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            found = re.search(rb"listening on http://[\d.]+:(\d+)", self.log_path.read_bytes())
-            if found:
-                return int(found.group(1))
+            log = self.log_path.read_bytes()
+            if b"serving with" in log:
+                return {name.decode(): int(port) for port, name in
+                        re.findall(rb"listening on \w+://[\d.]+:(\d+) \(listener (\S+)\)", log)}
             if self.process.poll() is not None:
                 raise RuntimeError(f"proxy exited: {self.log_path.read_text()}")
             time.sleep(0.05)
