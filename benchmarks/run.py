@@ -38,7 +38,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PROXY_CORE, LOAD_CORE = "0", "1"
 UPSTREAM_PORTS = {"v1": 19101, "v2": 19102}
 PROXY_PORT = 19100
+TLS_PORT = 19143  # the same proxy, terminating TLS (keep-alive clients, so handshakes are amortised)
 SIZES = {"100B": 100, "64KiB": 65536}
+# What wrk fetches in each case: (file, TLS?)
+CASES = {"100B": ("100B", False), "64KiB": ("64KiB", False), "HTTPS 100B": ("100B", True)}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 WRK_SCRIPT = """
@@ -113,6 +116,17 @@ def cpu_seconds(pids: list[int]) -> float:
 # ----------------------------------------------------------------------------------------------- servers
 
 
+def edge_certificate(work: Path) -> None:
+    """A certificate for the HTTPS case (wrk does not verify it): edge.pem, edge.key, and both in one
+    file for HAProxy."""
+    import trustme  # the test extra that `make` installs; only this case needs it
+
+    leaf = trustme.CA().issue_cert("bench.test")
+    (work / "edge.pem").write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    (work / "edge.key").write_bytes(leaf.private_key_pem.bytes())
+    (work / "edge.combined.pem").write_bytes((work / "edge.pem").read_bytes() + (work / "edge.key").read_bytes())
+
+
 def nginx_upstreams(work: Path) -> subprocess.Popen[bytes]:
     for version in UPSTREAM_PORTS:
         root = work / f"www-{version}"
@@ -147,7 +161,10 @@ def nginx_proxy(work: Path) -> subprocess.Popen[bytes]:
     conf.write_text(_nginx_main(work, "proxy") + (
         "http { access_log off;\n" + upstreams +
         "split_clients \"${http_x_user_id}\" $version { 90% v1; * v2; }\n"
-        f"server {{ listen 127.0.0.1:{PROXY_PORT} backlog=4096; keepalive_requests 1000000;\n"
+        f"server {{ listen 127.0.0.1:{PROXY_PORT} backlog=4096;\n"
+        f"  listen 127.0.0.1:{TLS_PORT} ssl backlog=4096; keepalive_requests 1000000;\n"
+        f"  ssl_certificate {work}/edge.pem; ssl_certificate_key {work}/edge.key;\n"
+        "  ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m;\n"
         "  location / { proxy_pass http://$version; proxy_http_version 1.1;\n"
         "    proxy_set_header Connection \"\"; proxy_buffering on;\n"
         # Big enough that a 64 KiB response never spills to a temp file (that would be unfair to nginx).
@@ -162,7 +179,8 @@ def haproxy_proxy(work: Path) -> subprocess.Popen[bytes]:
         "global\n  nbthread 1\n  maxconn 4096\n"
         "defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n"
         "  http-reuse always\n"
-        f"frontend fe\n  bind 127.0.0.1:{PROXY_PORT}\n  default_backend be\n"
+        f"frontend fe\n  bind 127.0.0.1:{PROXY_PORT}\n"
+        f"  bind 127.0.0.1:{TLS_PORT} ssl crt {work}/edge.combined.pem alpn http/1.1\n  default_backend be\n"
         "backend be\n  balance hdr(x-user-id)\n  hash-type consistent\n"
         f"  server v1 127.0.0.1:{UPSTREAM_PORTS['v1']} weight 90\n"
         f"  server v2 127.0.0.1:{UPSTREAM_PORTS['v2']} weight 10\n"
@@ -173,7 +191,10 @@ def haproxy_proxy(work: Path) -> subprocess.Popen[bytes]:
 def turnout_proxy(work: Path) -> subprocess.Popen[bytes]:
     conf = work / "turnout.yaml"
     conf.write_text(
-        f"listen: 127.0.0.1:{PROXY_PORT}\n"
+        "listeners:\n"
+        f"  - {{name: http, listen: 127.0.0.1:{PROXY_PORT}}}\n"
+        f"  - {{name: https, listen: 127.0.0.1:{TLS_PORT}, tls: {{certificates: "
+        f"[{{cert: {work}/edge.pem, key: {work}/edge.key}}]}}}}\n"
         "services:\n  bench:\n    versions:\n"
         f"      v1: [127.0.0.1:{UPSTREAM_PORTS['v1']}]\n      v2: [127.0.0.1:{UPSTREAM_PORTS['v2']}]\n"
         "    rules:\n"
@@ -202,10 +223,15 @@ def split_share(samples: int = 400) -> float:
     return seen["v2"] / samples
 
 
-def run_wrk(path: str, duration: float, connections: int, script: Path) -> dict[str, Any]:
+def case_url(case: str) -> str:
+    path, tls = CASES[case]
+    return f"https://127.0.0.1:{TLS_PORT}/{path}" if tls else f"http://127.0.0.1:{PROXY_PORT}/{path}"
+
+
+def run_wrk(url: str, duration: float, connections: int, script: Path) -> dict[str, Any]:
     out = subprocess.run(
         ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{round(duration)}s", "--latency",
-         "-s", str(script), f"http://127.0.0.1:{PROXY_PORT}{path}"],
+         "-s", str(script), url],
         capture_output=True, text=True, check=True,
     ).stdout
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
@@ -229,18 +255,19 @@ def measure(name: str, work: Path, duration: float, connections: int, script: Pa
     process = PROXIES[name](work)
     try:
         wait_port(PROXY_PORT)
+        wait_port(TLS_PORT)
         share = split_share()
         runs: dict[str, dict[str, Any]] = {}
-        for size in SIZES:
+        for case in CASES:
             subprocess.run(["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", "-d1s", "-s",
-                            str(script), f"http://127.0.0.1:{PROXY_PORT}/{size}"],
+                            str(script), case_url(case)],
                            capture_output=True, check=True)  # warm-up: pools, caches
             pids = process_tree(process.pid)
             before = cpu_seconds(pids)
-            result = run_wrk(f"/{size}", duration, connections, script)
+            result = run_wrk(case_url(case), duration, connections, script)
             used = cpu_seconds(pids) - before
             result["cpu_us_per_request"] = used * 1e6 / max(1, result["requests"])
-            runs[size] = result
+            runs[case] = result
         return {"v2_share": share, "runs": runs}
     finally:
         process.send_signal(signal.SIGTERM if name != "nginx" else signal.SIGQUIT)
@@ -258,7 +285,7 @@ def summarise(rounds: list[dict[str, dict[str, Any]]]) -> tuple[str, dict[str, A
     absolute numbers far more than it moves these ratios."""
     summary: dict[str, Any] = {}
     lines = []
-    for size in SIZES:
+    for size in CASES:
         lines.append(f"\n### {size} responses\n")
         lines.append("| proxy | req/s | p50 ms | p99 ms | CPU-us/req (min-max) | CPU / nginx (min-max) "
                      "| req/s / nginx | p99 / nginx | v2 share | errors |")
@@ -309,6 +336,7 @@ def main() -> int:
         work.chmod(0o755)  # nginx workers run as an unprivileged user and must read the files
         script = work / "users.lua"
         script.write_text(WRK_SCRIPT)
+        edge_certificate(work)
         upstreams = nginx_upstreams(work)
         rounds = []
         try:
