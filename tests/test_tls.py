@@ -267,3 +267,19 @@ def test_bad_tls_config_refuses_to_start_with_the_field(ca, tmp_path) -> None:
         assert result.returncode == 2, name
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], (name, lines)
+
+
+async def test_upstream_server_name_can_be_overridden(ca, tmp_path) -> None:
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("api.internal").configure_cert(server_context)
+    upstream, server = await tls_upstream("named", server_context)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    worker = await start(edge_config(
+        [{"name": "http", "listen": "127.0.0.1:0"}],
+        {"s": {"versions": {"v1": {"endpoints": [f"https://127.0.0.1:{upstream.port}"],
+                                   "tls": {"ca": "ca.pem", "server_name": "api.internal"}}}, "version": "v1"}},
+    ), tmp_path)
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{worker.port}/") as response:
+        assert response.status == 200  # SNI and the hostname check used api.internal, not 127.0.0.1
+    await worker.close()
+    await server.close()
