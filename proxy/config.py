@@ -17,6 +17,7 @@ from typing import Any, Literal, cast
 import yaml
 
 __all__ = [
+    "Admin",
     "Certificate",
     "Condition",
     "Config",
@@ -179,6 +180,15 @@ class Listener:
 
 
 @dataclass(frozen=True, slots=True)
+class Admin:
+    """The admin API listener. Every route needs ``Authorization: Bearer <token>``."""
+
+    listen: Endpoint
+    token_file: str  # absolute; created with a random token if missing (unless token_env is used)
+    token_env: str | None = None  # read the token from this environment variable instead
+
+
+@dataclass(frozen=True, slots=True)
 class DemoApp:
     version: str
     listen: Endpoint
@@ -191,6 +201,7 @@ class Config:
     limits: Limits
     services: tuple[Service, ...]
     demo: tuple[DemoApp, ...] = field(default=())
+    admin: Admin | None = None
 
 
 # ----------------------------------------------------------------------------------------------- parsing
@@ -319,7 +330,7 @@ class _Parser:
     # -- the document
 
     def config(self, raw: Any) -> Config:
-        top = self.mapping(raw, "", {"listen", "listeners", "limits", "services", "demo"})
+        top = self.mapping(raw, "", {"listen", "listeners", "limits", "services", "demo", "admin"})
         listeners = self.listeners(top)
         limits = self.limits(top.get("limits"), "limits")
         services_raw = self.mapping(top.get("services"), "services")
@@ -330,7 +341,21 @@ class _Parser:
         )
         self.check_unique_routes(services)
         demo = self.demo(top.get("demo"), "demo")
-        return Config(self.source, listeners, limits, services, demo)
+        admin = self.admin(top["admin"], "admin") if "admin" in top else None
+        return Config(self.source, listeners, limits, services, demo, admin)
+
+    def admin(self, raw: Any, path: str) -> Admin:
+        body = self.mapping(raw, path, {"listen", "token_file", "token_env"})
+        listen = self.endpoint(body.get("listen", "127.0.0.1:9901"), _join(path, "listen"))
+        if "token_file" in body and "token_env" in body:
+            raise self.fail(path, "give either token_file or token_env")
+        token_env = self.string(body["token_env"], _join(path, "token_env")) if "token_env" in body else None
+        token_file = self.file(body.get("token_file", "admin.token"), _join(path, "token_file"))
+        explicit = "token_file" in body or "token_env" in body
+        if not explicit and not _loopback(listen.host):
+            raise self.fail(_join(path, "listen"), f"{listen} is not a loopback address: set token_file or "
+                            "token_env so that the token is chosen, not generated")
+        return Admin(listen, token_file, token_env)
 
     def listeners(self, top: Mapping[str, Any]) -> tuple[Listener, ...]:
         if "listen" in top and "listeners" in top:
@@ -614,6 +639,10 @@ class _Parser:
                         f"service {seen[key]!r}",
                     )
                 seen[key] = service.name
+
+
+def _loopback(host: str) -> bool:
+    return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
 def _join(path: str, key: str) -> str:

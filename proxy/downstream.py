@@ -27,6 +27,7 @@ from .http1 import HOP_BY_HOP, PLAIN_TOKENS, Reject, connection_tokens, local_re
 from .routing import Request, normalise_host
 
 if TYPE_CHECKING:
+    from .stats import VersionStats
     from .upstream import UpstreamConnection
     from .worker import Listening, Worker
 
@@ -290,11 +291,12 @@ class Downstream(asyncio.Protocol):
         method_text = _METHODS.get(method) or _METHODS.setdefault(method, method.decode("latin-1"))
         request = Request(method_text, path_text, query.decode("latin-1"), fields, self.client_ip)
         decision = service.decide(request, worker.draw)
+        stats = worker.version_stats.get(decision.version)
         endpoint = decision.version.pick()
         if endpoint is None:
             return self.local_exchange(
                 503, f"no endpoint for version {decision.version.name!r} of service {service.name!r}",
-                close, head_request,
+                close, head_request, stats=stats,
             )
 
         forward_upgrade = bool(upgrade) and tokens is not None and b"upgrade" in tokens \
@@ -336,6 +338,7 @@ class Downstream(asyncio.Protocol):
             retryable=method in IDEMPOTENT and not has_body,
             expect_continue=expect_continue,
             set_cookie=set_cookie,
+            stats=stats,
         )
 
     def end_to_end(self, tokens: set[bytes], skip: bytes = b"") -> list[bytes]:
@@ -374,9 +377,9 @@ class Downstream(asyncio.Protocol):
         raise Reject(400, "bad request target")
 
     def local_exchange(self, status: int, message: str, close: bool, head_request: bool,
-                       extra: bytes = b"") -> Exchange:
+                       extra: bytes = b"", stats: VersionStats | None = None) -> Exchange:
         response = local_response(status, message, close, head_only=head_request, extra=extra)
-        return Exchange(self, local=response, close_after=close, http11=True)
+        return Exchange(self, local=response, close_after=close, http11=True, status=status, stats=stats)
 
     def redirect(self, host: bytes, target: bytes, close: bool, head_request: bool) -> Exchange:
         """A redirecting listener: 308 (method and body kept by the client) to the same host and
@@ -435,6 +438,7 @@ class Downstream(asyncio.Protocol):
         conn.tunnel = self.transport
         if exchange is not None:
             self.queue.clear()
+            exchange.count()  # a tunnel is counted when it opens: its 101 and the time to it
             exchange.finished = True
             if exchange.pending:
                 conn.transport.write(b"".join(exchange.pending))
@@ -466,7 +470,8 @@ class Downstream(asyncio.Protocol):
             return
         if incoming is not None and incoming in self.queue:
             self.queue.remove(incoming)
-        self.enqueue(Exchange(self, local=local_response(status, reason, close=True), close_after=True))
+        self.enqueue(Exchange(self, local=local_response(status, reason, close=True), close_after=True,
+                              status=status))
         self.start_next()
 
     def close_lingering(self) -> None:

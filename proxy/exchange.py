@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from time import monotonic
 from typing import TYPE_CHECKING
 
 from .http1 import CRLF, HOP_BY_HOP, LAST_CHUNK, PLAIN_TOKENS, chunk, connection_tokens, local_response, status_line
@@ -23,6 +24,7 @@ from .http1 import CRLF, HOP_BY_HOP, LAST_CHUNK, PLAIN_TOKENS, chunk, connection
 if TYPE_CHECKING:
     from .downstream import Downstream
     from .routing import Target
+    from .stats import VersionStats
     from .upstream import Pool, UpstreamConnection
 
 __all__ = ["Exchange"]
@@ -40,6 +42,7 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 
 class Exchange:
     __slots__ = (
+        "born",
         "cancelled",
         "chunked",
         "client_keep_alive",
@@ -63,6 +66,8 @@ class Exchange:
         "reused",
         "set_cookie",
         "started",
+        "stats",
+        "status",
         "target",
         "upgrade",
         "upstream_until_close",
@@ -73,7 +78,8 @@ class Exchange:
                  version: str = "", chunked: bool = False, head_request: bool = False,
                  client_keep_alive: bool = True, http11: bool = True, upgrade: bool = False,
                  retryable: bool = False, expect_continue: bool = False, set_cookie: bytes = b"",
-                 local: bytes | None = None, close_after: bool = False) -> None:
+                 local: bytes | None = None, close_after: bool = False, status: int = 0,
+                 stats: VersionStats | None = None) -> None:
         self.down = down
         self.head = head
         self.target = target
@@ -88,6 +94,9 @@ class Exchange:
         self.set_cookie = set_cookie
         self.local = local
         self.close_after = close_after
+        self.status = status  # what the client was answered (0 until then: an abort stays 0)
+        self.stats = stats  # where this exchange is counted, if it was routed to a version
+        self.born = monotonic()
         self.conn: UpstreamConnection | None = None
         self.pending: list[bytes] = []
         self.pending_bytes = 0
@@ -162,14 +171,20 @@ class Exchange:
         try:
             conn = await pool.connect(self.down.limits.connect_timeout)
         except TimeoutError:
+            if self.stats is not None:
+                self.stats.timeouts += 1
             self.fail(504, f"timed out connecting to upstream {pool.address}")
             return
         except ssl.SSLError as exc:
+            if self.stats is not None:
+                self.stats.connect_errors += 1
             # Said once per failed connect: the operator needs the reason, the client only gets a 502.
             log.warning("TLS to upstream %s failed: %s", pool.address, exc)
             self.fail(502, f"TLS to upstream {pool.address} failed")
             return
         except OSError as exc:
+            if self.stats is not None:
+                self.stats.connect_errors += 1
             self.fail(502, f"cannot connect to upstream {pool.address}: {exc.strerror or exc}")
             return
         if self.wants_connection():
@@ -196,11 +211,22 @@ class Exchange:
     def finish(self) -> None:
         if not self.finished:
             self.finished = True
+            self.count()
             self.down.exchange_finished(self)
+
+    def count(self) -> None:
+        stats = self.stats
+        if stats is not None:
+            stats.record(self.status, monotonic() - self.born)
+        else:
+            self.down.worker.stats.unrouted[self.status // 100 if 100 <= self.status < 600 else 0] += 1
 
     def cancel(self) -> None:
         """The client went away: drop the upstream connection, which is mid-exchange and unusable."""
         self.cancelled = True
+        if not self.finished:
+            self.status = 0
+            self.count()
         self.finished = True
         conn, self.conn = self.conn, None
         if conn is not None:
@@ -219,9 +245,12 @@ class Exchange:
         down = self.down
         if self.response_started:
             self.finished = True
+            self.status = 0  # the client saw a cut response: counted as aborted, whatever began
+            self.count()
             down.abort()
             return
         self.response_started = True
+        self.status = status
         close = not self.request_done or self.upgrade
         down.write(local_response(status, message, close, head_only=self.head_request))
         self.close_after = self.close_after or close
@@ -250,6 +279,7 @@ class Exchange:
             self.fail(502, "upstream switched protocols without being asked")
             return
         self.response_started = True
+        self.status = status
         lines: list[bytes] = []
         tokens: set[bytes] | None = None
         length: bytes | None = None
@@ -340,6 +370,8 @@ class Exchange:
             if self.reused and self.retryable and not self.retried:
                 # A pooled connection the upstream had already closed: safe to try once on a new one.
                 self.retried = True
+                if self.stats is not None:
+                    self.stats.retries += 1
                 self.open_connection(conn.pool)
                 return
             self.fail(502, f"upstream {conn.pool.address} closed the connection before answering")
@@ -347,7 +379,11 @@ class Exchange:
             self.response_done()  # the body ended with the connection, as its framing said it would
         else:
             self.finished = True
+            self.status = 0
+            self.count()
             self.down.abort()
 
     def upstream_timeout(self) -> None:
+        if self.stats is not None:
+            self.stats.timeouts += 1
         self.fail(504, "upstream timed out")

@@ -24,7 +24,9 @@ import time
 from pathlib import Path
 
 import uvloop
+from aiohttp import web
 
+from . import admin
 from . import config as config_module
 from .config import Config, ConfigError
 from .worker import Worker, listen_socket
@@ -38,6 +40,7 @@ def serve(config_path: str, workers: int = 1) -> int:
     """Run Turnout until SIGTERM. Returns the process exit code."""
     try:
         config = config_module.load(config_path)
+        token = admin.load_token(config.admin, config.source) if config.admin is not None else None
     except ConfigError as exc:
         print(f"turnout: {exc}", file=sys.stderr)
         return 2
@@ -54,8 +57,10 @@ def serve(config_path: str, workers: int = 1) -> int:
             log.info("listening on %s://%s:%d (listener %s)", listener.scheme, host, port, listener.name)
         log.info("serving with %d worker(s), generation 1", workers)
         if workers <= 1:
-            uvloop.run(_worker_main(config, config_path, sockets, None))
+            uvloop.run(_worker_main(config, config_path, sockets, None, token))
             return 0
+        if config.admin is not None:
+            log.warning("the admin API is not served with --workers > 1 yet; run one worker to use it")
         return _supervise(config_path, sockets, workers)
     finally:
         if demo is not None:
@@ -64,19 +69,22 @@ def serve(config_path: str, workers: int = 1) -> int:
 
 
 async def _worker_main(config: Config, config_path: str, sockets: dict[str, socket.socket],
-                       control: int | None) -> None:
+                       control: int | None, token: str | None = None) -> None:
     """A worker's life: serve, reload on SIGHUP (or on a message from the supervisor), drain on TERM."""
     loop = asyncio.get_running_loop()
     worker = Worker(config)
     await worker.start(sockets)
+    admin_runner = await _start_admin(worker, config, token) if token is not None else None
     stop = asyncio.Event()
 
     def reload_file() -> None:
         try:
             worker.apply(config_module.load(config_path))
         except ConfigError as exc:
+            worker.stats.reloads_failed += 1
             log.error("reload refused, still serving generation %d: %s", worker.state.generation, exc)
             return
+        worker.stats.reloads_ok += 1
         log.info("reloaded %s: generation %d", config_path, worker.state.generation)
 
     if control is None:
@@ -92,8 +100,10 @@ async def _worker_main(config: Config, config_path: str, sockets: dict[str, sock
                 try:
                     worker.apply(config_module.parse(text, config_path))
                 except ConfigError as exc:  # a certificate file changed since the supervisor checked it
+                    worker.stats.reloads_failed += 1
                     log.error("worker %d refused the reload: %s", os.getpid(), exc)
                     continue
+                worker.stats.reloads_ok += 1
                 log.info("worker %d applied generation %d", os.getpid(), worker.state.generation)
 
         loop.add_reader(control, on_control)
@@ -103,7 +113,22 @@ async def _worker_main(config: Config, config_path: str, sockets: dict[str, sock
     await stop.wait()
     log.info("shutting down: draining connections")
     await worker.shutdown()
+    if admin_runner is not None:
+        await admin_runner.cleanup()
     log.info("stopped")
+
+
+async def _start_admin(worker: Worker, config: Config, token: str) -> web.AppRunner:
+    assert config.admin is not None
+    runner = web.AppRunner(admin.make_app(worker, token), access_log=None)
+    await runner.setup()
+    listen = config.admin.listen
+    sock = socket.create_server((listen.host, listen.port))
+    await web.SockSite(runner, sock).start()
+    port = sock.getsockname()[1]
+    where = f"${config.admin.token_env}" if config.admin.token_env else config.admin.token_file
+    log.info("admin API on http://%s:%d (bearer token in %s)", listen.host, port, where)
+    return runner
 
 
 # ----------------------------------------------------------------------------------------------- supervisor

@@ -21,6 +21,7 @@ from . import routing, tls
 from .config import Config, Listener
 from .downstream import Downstream
 from .routing import Target
+from .stats import VersionStats, WorkerStats
 from .tls import CertificateSet, Terminator
 from .upstream import Pool
 
@@ -57,6 +58,8 @@ class Worker:
         self.limits = config.limits
         self.tls = tls.build(config)
         self.state = routing.build(config)
+        self.stats = WorkerStats()
+        self.version_stats = self._count_versions(self.state)
         # Snapshots are large and long-lived (bucket tables); moving them out of the collector's
         # view keeps full collections, which the per-request garbage triggers, short.
         gc.freeze()
@@ -69,6 +72,7 @@ class Worker:
         self.downstreams: set[Downstream] = set()
         self.draw = functools.partial(random.Random().getrandbits, 64)
         self.now = 0.0
+        self.draining = False
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -120,6 +124,8 @@ class Worker:
                         ", ".join(f"{each.scheme}://{each.address}" for each in self.config.listeners))
         material = tls.build(config)
         state = routing.build(config, self.state)
+        version_stats = self._count_versions(state)
+        self.version_stats = version_stats  # before the state: a request never misses its counters
         self.state = state
         gc.freeze()  # see __init__
         self.tls = material
@@ -135,6 +141,25 @@ class Worker:
             if key is not None and key in material.upstreams:
                 pool.ssl = material.upstreams[key].context
                 pool.server_name = material.upstreams[key].server_name
+
+    # -- what the admin API reads (admin.AdminBackend)
+
+    def routing_state(self) -> routing.RoutingState:
+        return self.state
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        return [self.stats.snapshot(self.state.generation, len(self.downstreams))]
+
+    def ready(self) -> bool:
+        return not self.draining
+
+    def _count_versions(self, state: routing.RoutingState) -> dict[routing.VersionRoute, VersionStats]:
+        """Each version of a snapshot, mapped to its counters (which outlive snapshots)."""
+        return {
+            version: self.stats.version(service.name, name)
+            for service in state.services.values()
+            for name, version in service.versions.items()
+        }
 
     def tick(self, now: float) -> None:
         self.now = now
@@ -153,6 +178,7 @@ class Worker:
     async def shutdown(self) -> None:
         """Graceful stop: keep serving for the grace period (so load balancers notice), stop accepting,
         let requests in flight finish within the drain timeout, close idle keep-alives, then stop."""
+        self.draining = True  # readiness fails from here, while we still serve: load balancers move away
         limits = self.limits
         await asyncio.sleep(limits.shutdown_grace)
         for listening in self.listeners.values():

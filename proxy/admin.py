@@ -1,0 +1,171 @@
+"""The admin API (aiohttp, its own listener; never reachable through a data listener).
+
+Every route, reads included, needs ``Authorization: Bearer <token>`` (compared in constant time);
+requests that carry an ``Origin`` header are refused, so a web page in an operator's browser cannot
+drive it. Errors are JSON: ``{"error": "...", ...}``.
+
+Routes so far (docs/admin-api.md):
+    GET /v1/state      services, versions, endpoints, rules, splits, generation
+    GET /metrics       Prometheus text, all workers summed
+    GET /ready         200 while serving, 503 once a drain has begun
+    GET /live          200 while the process runs
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from . import metrics
+from .config import Admin, Condition, ConfigError, Match, Sticky
+from .routing import RoutingState
+
+__all__ = ["AdminBackend", "load_token", "make_app"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class AdminBackend(Protocol):
+    """What the admin API reads. One worker in-process now; a supervisor over several workers later."""
+
+    def routing_state(self) -> RoutingState: ...
+
+    def snapshots(self) -> list[dict[str, Any]]: ...
+
+    def ready(self) -> bool: ...
+
+
+def load_token(admin: Admin, source: str) -> str:
+    """The bearer token: from the named environment variable, else from the token file, which is
+    created (mode 0600) with a random token if it does not exist yet."""
+    if admin.token_env is not None:
+        token = os.environ.get(admin.token_env, "")
+        if not token:
+            raise ConfigError(source, "admin.token_env", f"environment variable {admin.token_env} is not set")
+        return token
+    path = Path(admin.token_file)
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        token = secrets.token_urlsafe(32)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(token + "\n")
+        return token
+    except OSError as exc:
+        raise ConfigError(source, "admin.token_file", f"cannot read {path}: {exc.strerror}") from None
+    if not token:
+        raise ConfigError(source, "admin.token_file", f"{path} is empty")
+    return token
+
+
+def error(status: int, message: str, **details: Any) -> web.Response:
+    return web.json_response({"error": message, **details}, status=status)
+
+
+def make_app(backend: AdminBackend, token: str) -> web.Application:
+    expected = token.encode()
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if "Origin" in request.headers:
+            return error(403, "requests from web pages (with an Origin header) are refused")
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+            response = error(401, "missing or wrong bearer token")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="turnout-admin"'
+            return response
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:  # aiohttp's own 404/405: answered in JSON like the rest
+            return error(exc.status, exc.reason)
+
+    async def state(request: web.Request) -> web.Response:
+        return web.json_response(describe(backend.routing_state(), backend.snapshots()))
+
+    async def prometheus(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(backend.snapshots()), headers={"Content-Type": metrics.CONTENT_TYPE})
+
+    async def ready(request: web.Request) -> web.Response:
+        if backend.ready():
+            return web.json_response({"ready": True})
+        return error(503, "draining", ready=False)
+
+    async def live(request: web.Request) -> web.Response:
+        return web.json_response({"live": True})
+
+    app = web.Application(middlewares=[guard])
+    app.router.add_get("/v1/state", state)
+    app.router.add_get("/metrics", prometheus)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/live", live)
+    return app
+
+
+# ----------------------------------------------------------------------------------------------- views
+
+
+def describe(state: RoutingState, snapshots: list[dict[str, Any]]) -> dict[str, Any]:
+    """The routing state in the config's own vocabulary, plus what only the running proxy knows: the
+    generation each worker serves and how many buckets each version owns."""
+    services = {}
+    for service in state.config.services:
+        route = state.services[service.name]
+        rules = []
+        for rule, compiled in zip(service.rules, route.rules, strict=True):
+            entry: dict[str, Any] = {"name": rule.name}
+            if not rule.match.is_empty:
+                entry["match"] = _match(rule.match)
+            if rule.version is not None:
+                entry["version"] = rule.version
+            elif rule.split is not None and compiled.split is not None:
+                entry["split"] = dict(rule.split.weights)
+                entry["sticky"] = _sticky(rule.split.sticky)
+                entry["buckets"] = dict(Counter(compiled.split.owners))
+            rules.append(entry)
+        services[service.name] = {
+            "hosts": list(service.hosts),
+            "path_prefix": service.path_prefix,
+            "versions": {v.name: {"endpoints": [str(e) for e in v.endpoints]} for v in service.versions},
+            "rules": rules,
+        }
+    return {
+        "generation": state.generation,
+        "workers": [{"generation": s["generation"], "connections": s["connections"]} for s in snapshots],
+        "services": services,
+    }
+
+
+def _condition(condition: Condition) -> Any:
+    if condition.kind in ("present", "absent"):
+        return {condition.kind: True}
+    return {condition.kind: condition.value}
+
+
+def _match(match: Match) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field in ("headers", "cookies", "query"):
+        pairs = getattr(match, field)
+        if pairs:
+            out[field] = {name: _condition(condition) for name, condition in pairs}
+    if match.path is not None:
+        out["path"] = _condition(match.path)
+    if match.methods is not None:
+        out["method"] = sorted(match.methods)
+    return out
+
+
+def _sticky(sticky: Sticky) -> Any:
+    if sticky.kind in ("none", "client_ip"):
+        return sticky.kind
+    out: dict[str, Any] = {sticky.kind: sticky.name}
+    if sticky.assign:
+        out.update(assign=True, max_age=sticky.max_age)
+    return out
