@@ -5,10 +5,19 @@ requests that carry an ``Origin`` header are refused, so a web page in an operat
 drive it. Errors are JSON: ``{"error": "...", ...}``.
 
 Routes so far (docs/admin-api.md):
-    GET /v1/state      services, versions, endpoints, rules, splits, generation
-    GET /metrics       Prometheus text, all workers summed
-    GET /ready         200 while serving, 503 once a drain has begun
-    GET /live          200 while the process runs
+    GET  /v1/state                                       routing state; ETag: the generation
+    PUT  /v1/services/{service}/rules/{rule}/weights     {"weights": {"v1": 90, "v2": 10}}
+    PUT  /v1/services/{service}/rules                    {"rules": [...]}  (the config's rule syntax)
+    PUT  /v1/services/{service}/versions/{version}       {"endpoints": [...], "tls": {...}}  (add or replace)
+    GET  /v1/generations                                 who changed what, when (the last 50)
+    GET  /v1/generations/{a}/diff/{b}                    field-level differences of two generations
+    POST /v1/rollback                                    {"generation": N}: a new generation equal to N
+    GET  /metrics                                        Prometheus text, all workers summed
+    GET  /ready, /live                                   readiness (503 once draining), liveness
+
+Every change validates the whole resulting config first; a bad one is a 4xx naming the field and
+changes nothing. ``If-Match: <generation>`` makes a change fail with 409 if someone changed the state
+since it was read. Who made a change comes from the ``X-Turnout-Actor`` header (default "admin-api").
 """
 
 from __future__ import annotations
@@ -23,8 +32,10 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from . import metrics
+from . import metrics, overlay
 from .config import Admin, Condition, ConfigError, Match, Sticky
+from .control import Control, Entry
+from .overlay import ChangeError
 from .routing import RoutingState
 
 __all__ = ["AdminBackend", "load_token", "make_app"]
@@ -70,7 +81,7 @@ def error(status: int, message: str, **details: Any) -> web.Response:
     return web.json_response({"error": message, **details}, status=status)
 
 
-def make_app(backend: AdminBackend, token: str) -> web.Application:
+def make_app(backend: AdminBackend, token: str, control: Control | None = None) -> web.Application:
     expected = token.encode()
 
     @web.middleware
@@ -88,7 +99,8 @@ def make_app(backend: AdminBackend, token: str) -> web.Application:
             return error(exc.status, exc.reason)
 
     async def state(request: web.Request) -> web.Response:
-        return web.json_response(describe(backend.routing_state(), backend.snapshots()))
+        current = backend.routing_state()
+        return web.json_response(describe(current, backend.snapshots()), headers={"ETag": f'"{current.generation}"'})
 
     async def prometheus(request: web.Request) -> web.Response:
         return web.Response(body=metrics.render(backend.snapshots()), headers={"Content-Type": metrics.CONTENT_TYPE})
@@ -102,11 +114,102 @@ def make_app(backend: AdminBackend, token: str) -> web.Application:
         return web.json_response({"live": True})
 
     app = web.Application(middlewares=[guard])
+    if control is not None:
+        _add_changes(app, control)
     app.router.add_get("/v1/state", state)
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/ready", ready)
     app.router.add_get("/live", live)
     return app
+
+
+# ----------------------------------------------------------------------------------------------- changes
+
+
+def _add_changes(app: web.Application, control: Control) -> None:
+    async def body(request: web.Request) -> dict[str, Any]:
+        try:
+            data = await request.json()
+        except ValueError:
+            raise ChangeError(400, "the body must be JSON", "body") from None
+        if not isinstance(data, dict):
+            raise ChangeError(400, "the body must be a JSON object", "body")
+        return data
+
+    def field(data: dict[str, Any], name: str, kind: type, what: str) -> Any:
+        if name not in data:
+            raise ChangeError(422, f"'{name}' is required: {what}", name)
+        if not isinstance(data[name], kind) or isinstance(data[name], bool):
+            raise ChangeError(422, f"'{name}' must be {what}", name)
+        return data[name]
+
+    def if_match(request: web.Request) -> int | None:
+        value = request.headers.get("If-Match")
+        if value is None:
+            return None
+        cleaned = value.strip().removeprefix("W/").strip('"')
+        if not cleaned.isdigit():
+            raise ChangeError(400, f"If-Match must be a generation number, got {value!r}", "If-Match")
+        return int(cleaned)
+
+    def changed(entry: Entry) -> web.Response:
+        return web.json_response(entry.summary(), headers={"ETag": f'"{entry.generation}"'})
+
+    def actor(request: web.Request) -> str:
+        return request.headers.get("X-Turnout-Actor", "admin-api")[:100]
+
+    async def weights(request: web.Request) -> web.Response:
+        service, rule = request.match_info["service"], request.match_info["rule"]
+        given = field(await body(request), "weights", dict, "an object of version: integer weight")
+        what = f"weights of {service}/{rule}: " + ", ".join(f"{k}={v}" for k, v in given.items())
+        return changed(control.change(actor(request), what,
+                                      lambda doc, old: overlay.set_weights(doc, old, service, rule, given),
+                                      if_match(request)))
+
+    async def rules(request: web.Request) -> web.Response:
+        service = request.match_info["service"]
+        given = field(await body(request), "rules", list, "a list of rules, as in the config file")
+        return changed(control.change(actor(request), f"rules of {service}",
+                                      lambda doc, old: overlay.replace_rules(doc, old, service, given),
+                                      if_match(request)))
+
+    async def version(request: web.Request) -> web.Response:
+        service, name = request.match_info["service"], request.match_info["version"]
+        data = await body(request)
+        field(data, "endpoints", list, "a list of host:port or https://host:port")
+        return changed(control.change(actor(request), f"endpoints of {service}/{name}",
+                                      lambda doc, old: overlay.set_version(doc, old, service, name, data),
+                                      if_match(request)))
+
+    async def rollback(request: web.Request) -> web.Response:
+        generation = field(await body(request), "generation", int, "a generation number")
+        return changed(control.rollback(actor(request), generation, if_match(request)))
+
+    async def generations(request: web.Request) -> web.Response:
+        return web.json_response({"current": control.generation,
+                                  "generations": [entry.summary() for entry in reversed(control.history)]})
+
+    async def diff(request: web.Request) -> web.Response:
+        try:
+            before, after = int(request.match_info["a"]), int(request.match_info["b"])
+        except ValueError:
+            raise ChangeError(400, "generations are numbers", "generation") from None
+        return web.json_response({"from": before, "to": after, "changes": control.diff(before, after)})
+
+    @web.middleware
+    async def change_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ChangeError as exc:
+            return error(exc.status, exc.message, field=exc.field)
+
+    app.middlewares.append(change_errors)
+    app.router.add_put("/v1/services/{service}/rules/{rule}/weights", weights)
+    app.router.add_put("/v1/services/{service}/rules", rules)
+    app.router.add_put("/v1/services/{service}/versions/{version}", version)
+    app.router.add_post("/v1/rollback", rollback)
+    app.router.add_get("/v1/generations", generations)
+    app.router.add_get("/v1/generations/{a}/diff/{b}", diff)
 
 
 # ----------------------------------------------------------------------------------------------- views

@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
+from typing import Any
 
-__all__ = ["BUCKETS", "rebalance", "target_counts", "transfers"]
+__all__ = ["BUCKETS", "decode", "encode", "rebalance", "target_counts", "transfers"]
 
 # 10,000 buckets: one bucket is 0.01 %, the smallest canary the design requires a sticky split to express.
 BUCKETS = 10_000
@@ -90,3 +91,18 @@ def rebalance(
 def transfers(old: Sequence[str], new: Sequence[str]) -> Counter[tuple[str, str]]:
     """How many buckets moved from which version to which (for dry runs and tests)."""
     return Counter((a, b) for a, b in zip(old, new, strict=True) if a != b)
+
+
+def encode(owners: Sequence[str]) -> list[list[Any]]:
+    """A table as runs, ``[[version, count], ...]``: compact and readable in the state file."""
+    runs: list[list[Any]] = []
+    for owner in owners:
+        if runs and runs[-1][0] == owner:
+            runs[-1][1] += 1
+        else:
+            runs.append([owner, 1])
+    return runs
+
+
+def decode(runs: Sequence[Sequence[Any]]) -> tuple[str, ...]:
+    return tuple(str(owner) for owner, count in runs for _ in range(int(count)))

@@ -34,8 +34,10 @@ __all__ = [
     "Sticky",
     "UpstreamTls",
     "Version",
+    "from_document",
     "load",
     "parse",
+    "read_document",
 ]
 
 
@@ -225,12 +227,21 @@ def load(path: str | Path) -> Config:
 def parse(text: str, source: str = "<config>") -> Config:
     """Validate config text. Relative file paths in it are taken from the directory of ``source``.
     Certificate files are only named here; ``load`` (or ``tls.check``) reads them."""
+    return from_document(read_document(text, source), source)
+
+
+def read_document(text: str, source: str) -> Any:
+    """YAML text -> the plain data it holds (not validated yet)."""
     try:
-        raw = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(source, "", f"not valid YAML{where}") from None
+
+
+def from_document(raw: Any, source: str = "<config>") -> Config:
+    """Validate a config already read into plain data (a YAML file, or a file merged with admin changes)."""
     return _Parser(source).config(raw)
 
 

@@ -292,9 +292,11 @@ def normalise_host(value: str) -> str:
 # ----------------------------------------------------------------------------------------------- compile
 
 
-def build(config: Config, previous: RoutingState | None = None, generation: int | None = None) -> RoutingState:
-    """Compile a config into a snapshot, rebalancing bucket tables from ``previous``."""
-    old_tables = previous.tables() if previous is not None else {}
+def build(config: Config, previous: RoutingState | None = None, generation: int | None = None,
+          tables: dict[tuple[str, str], tuple[str, ...]] | None = None) -> RoutingState:
+    """Compile a config into a snapshot, rebalancing bucket tables from ``previous`` (or, at boot, from
+    saved ``tables``, so that users keep their versions across restarts)."""
+    old_tables = previous.tables() if previous is not None else dict(tables or {})
     if generation is None:
         generation = previous.generation + 1 if previous is not None else 1
     services = []

@@ -13,6 +13,7 @@ Signals, for both modes:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -21,14 +22,18 @@ import struct
 import subprocess
 import sys
 import time
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
 import uvloop
 from aiohttp import web
 
-from . import admin
+from . import admin, routing
 from . import config as config_module
 from .config import Config, ConfigError
+from .control import Control
+from .overlay import ChangeError
+from .routing import RoutingState
 from .worker import Worker, listen_socket
 
 __all__ = ["serve"]
@@ -38,11 +43,15 @@ log = logging.getLogger("turnout")
 
 def serve(config_path: str, workers: int = 1) -> int:
     """Run Turnout until SIGTERM. Returns the process exit code."""
+    control = Control(config_path, _not_serving_yet)
     try:
-        config = config_module.load(config_path)
+        config, document = control.boot()  # the file with the saved admin changes on top
         token = admin.load_token(config.admin, config.source) if config.admin is not None else None
     except ConfigError as exc:
         print(f"turnout: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # the state file is not JSON: refuse rather than drop admin changes
+        print(f"turnout: {control.state_path}: unreadable ({exc}); fix or remove it", file=sys.stderr)
         return 2
     demo = start_demo(config)
     try:
@@ -55,59 +64,75 @@ def serve(config_path: str, workers: int = 1) -> int:
                 return 1
             host, port = sockets[listener.name].getsockname()[:2]
             log.info("listening on %s://%s:%d (listener %s)", listener.scheme, host, port, listener.name)
-        log.info("serving with %d worker(s), generation 1", workers)
+        log.info("serving with %d worker(s), generation %d", workers, control.generation)
         if workers <= 1:
-            uvloop.run(_worker_main(config, config_path, sockets, None, token))
+            uvloop.run(_serve_one(config, control, sockets, token))
             return 0
         if config.admin is not None:
             log.warning("the admin API is not served with --workers > 1 yet; run one worker to use it")
-        return _supervise(config_path, sockets, workers)
+        return _supervise(config, document, control, sockets, workers)
     finally:
         if demo is not None:
             demo.terminate()
             demo.wait(5)
 
 
-async def _worker_main(config: Config, config_path: str, sockets: dict[str, socket.socket],
-                       control: int | None, token: str | None = None) -> None:
-    """A worker's life: serve, reload on SIGHUP (or on a message from the supervisor), drain on TERM."""
-    loop = asyncio.get_running_loop()
-    worker = Worker(config)
-    await worker.start(sockets)
-    admin_runner = await _start_admin(worker, config, token) if token is not None else None
-    stop = asyncio.Event()
+def _not_serving_yet(config: Config, document: Any) -> RoutingState:
+    raise AssertionError("a change arrived before the workers started")
+
+
+async def _serve_one(config: Config, control: Control, sockets: dict[str, socket.socket],
+                     token: str | None) -> None:
+    """One worker in this process: the admin API and signals act on it directly."""
+    worker = Worker(config, control.generation, control.tables)
+
+    def apply(new: Config, document: Any) -> RoutingState:
+        worker.apply(new)
+        return worker.state
+
+    control.apply = apply
+    control.booted(worker.state)
 
     def reload_file() -> None:
         try:
-            worker.apply(config_module.load(config_path))
-        except ConfigError as exc:
+            control.reload_file()
+        except ChangeError as exc:
             worker.stats.reloads_failed += 1
-            log.error("reload refused, still serving generation %d: %s", worker.state.generation, exc)
+            log.error("reload refused, still serving generation %d: %s: %s: %s", worker.state.generation,
+                      control.config_path, exc.field, exc.message)
             return
         worker.stats.reloads_ok += 1
-        log.info("reloaded %s: generation %d", config_path, worker.state.generation)
+        log.info("reloaded %s: generation %d", control.config_path, worker.state.generation)
 
-    if control is None:
-        loop.add_signal_handler(signal.SIGHUP, reload_file)
-    else:
-        reader = _FrameReader(control)
+    await _run_worker(worker, sockets, reload_file, None, token, control)
 
-        def on_control() -> None:
+
+async def _run_worker(worker: Worker, sockets: dict[str, socket.socket], on_hup: Callable[[], None],
+                      pipe: int | None, token: str | None, control: Control | None) -> None:
+    """A worker's life: serve, take new configs (SIGHUP, or the supervisor's pipe), drain on TERM."""
+    loop = asyncio.get_running_loop()
+    await worker.start(sockets)
+    admin_runner = await _start_admin(worker, worker.config, token, control) if token is not None else None
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    if pipe is not None:
+        reader = _FrameReader(pipe)
+
+        def on_message() -> None:
             for text in reader.read():
                 if text is None:  # the supervisor is gone: nobody to answer to
                     stop.set()
                     return
                 try:
-                    worker.apply(config_module.parse(text, config_path))
+                    worker.apply(config_module.parse(text, worker.config.source))
                 except ConfigError as exc:  # a certificate file changed since the supervisor checked it
                     worker.stats.reloads_failed += 1
-                    log.error("worker %d refused the reload: %s", os.getpid(), exc)
+                    log.error("worker %d refused the new config: %s", os.getpid(), exc)
                     continue
                 worker.stats.reloads_ok += 1
                 log.info("worker %d applied generation %d", os.getpid(), worker.state.generation)
 
-        loop.add_reader(control, on_control)
-        loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the supervisor handles reloads
+        loop.add_reader(pipe, on_message)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     await stop.wait()
@@ -118,9 +143,9 @@ async def _worker_main(config: Config, config_path: str, sockets: dict[str, sock
     log.info("stopped")
 
 
-async def _start_admin(worker: Worker, config: Config, token: str) -> web.AppRunner:
+async def _start_admin(worker: Worker, config: Config, token: str, control: Control | None) -> web.AppRunner:
     assert config.admin is not None
-    runner = web.AppRunner(admin.make_app(worker, token), access_log=None)
+    runner = web.AppRunner(admin.make_app(worker, token, control), access_log=None)
     await runner.setup()
     listen = config.admin.listen
     sock = socket.create_server((listen.host, listen.port))
@@ -134,21 +159,40 @@ async def _start_admin(worker: Worker, config: Config, token: str) -> web.AppRun
 # ----------------------------------------------------------------------------------------------- supervisor
 
 
-def _supervise(config_path: str, sockets: dict[str, socket.socket], count: int) -> int:
+def _supervise(config: Config, document: Any, control: Control, sockets: dict[str, socket.socket],
+               count: int) -> int:
+    """Fork ``count`` workers and feed them every new effective config. The supervisor keeps a mirror
+    snapshot (the same pure build the workers run), so generations and bucket tables are tracked here
+    and persisted, and a replaced worker starts from exactly the tables its siblings hold."""
     handled = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
     signal.pthread_sigmask(signal.SIG_BLOCK, handled)
-    children: dict[int, int] = {}  # pid -> write end of its control pipe
-    text = Path(config_path).read_text(encoding="utf-8")
+    children: dict[int, int] = {}  # pid -> write end of its pipe
+    text = json.dumps(document)  # what a worker started now must serve
+    mirror = routing.build(config, generation=control.generation, tables=control.tables)
+
+    def apply(new: Config, new_document: Any) -> RoutingState:
+        nonlocal mirror, text
+        mirror = routing.build(new, mirror)
+        text = json.dumps(new_document)
+        frame = struct.pack("!I", len(text.encode())) + text.encode()
+        for fd in children.values():
+            os.write(fd, frame)
+        return mirror
+
+    control.apply = apply
+    control.booted(mirror)
 
     def spawn() -> None:
         read_end, write_end = os.pipe()
+        generation, tables = control.generation, control.tables
         pid = os.fork()
         if pid == 0:  # the worker
             os.close(write_end)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
             code = 0
             try:
-                uvloop.run(_worker_main(config_module.parse(text, config_path), config_path, sockets, read_end))
+                worker = Worker(config_module.parse(text, str(control.config_path)), generation, tables)
+                uvloop.run(_run_worker(worker, sockets, lambda: None, read_end, None, None))
             except BaseException:
                 log.exception("worker crashed")
                 code = 1
@@ -163,15 +207,13 @@ def _supervise(config_path: str, sockets: dict[str, socket.socket], count: int) 
         info = signal.sigwaitinfo(handled)
         if info.si_signo == signal.SIGHUP and not stopping:
             try:
-                config_module.load(config_path)
-                text = Path(config_path).read_text(encoding="utf-8")
-            except (ConfigError, OSError) as exc:
-                log.error("reload refused, workers keep their config: %s", exc)
+                control.reload_file()
+            except ChangeError as exc:
+                log.error("reload refused, workers keep generation %d: %s: %s: %s", control.generation,
+                          control.config_path, exc.field, exc.message)
                 continue
-            frame = struct.pack("!I", len(text.encode())) + text.encode()
-            for fd in children.values():
-                os.write(fd, frame)
-            log.info("reloaded %s: sent to %d workers", config_path, len(children))
+            log.info("reloaded %s: generation %d sent to %d workers", control.config_path, control.generation,
+                     len(children))
         elif info.si_signo in (signal.SIGTERM, signal.SIGINT) and not stopping:
             stopping = True
             for sock in sockets.values():

@@ -53,11 +53,12 @@ class Listening:
 
 
 class Worker:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, generation: int = 1,
+                 tables: dict[tuple[str, str], tuple[str, ...]] | None = None) -> None:
         self.config = config
         self.limits = config.limits
         self.tls = tls.build(config)
-        self.state = routing.build(config)
+        self.state = routing.build(config, generation=generation, tables=tables)
         self.stats = WorkerStats()
         self.version_stats = self._count_versions(self.state)
         # Snapshots are large and long-lived (bucket tables); moving them out of the collector's

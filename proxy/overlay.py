@@ -1,0 +1,128 @@
+"""Admin changes as an overlay on the config file, and the pure operations that make them.
+
+The file stays the user's; what the admin API changes lives in an *overlay* that is merged over the
+file's document to give the effective config. Its shape is deliberately small::
+
+    {service: {"rules": [...], "versions": {version: {"endpoints": [...]}, ...}}}
+
+- ``rules`` present: it replaces the service's rules (a weight change writes the whole rules list);
+- ``versions.<v>``: adds that version or replaces its entry.
+
+So after a SIGHUP the new file is merged with the same overlay: the admin's weights keep winning over
+the file's until the admin changes them again or rolls back. A service the file no longer has is
+skipped (and reported), never invented.
+
+Pure: documents in, documents out, ``ChangeError`` for requests that cannot apply.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+__all__ = ["ChangeError", "diff", "merge", "replace_rules", "set_version", "set_weights"]
+
+Document = dict[str, Any]
+Overlay = dict[str, dict[str, Any]]
+
+_SHORTHAND = ("split", "sticky", "version")
+
+
+class ChangeError(Exception):
+    """An admin change that cannot apply; ``status`` is the HTTP answer, ``field`` what to fix."""
+
+    def __init__(self, status: int, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+
+
+def _rules(service: dict[str, Any]) -> list[Any]:
+    """A service's rules, turning the service-level shorthand into its one default rule."""
+    if "rules" in service:
+        return list(service["rules"])
+    shorthand = {key: service[key] for key in _SHORTHAND if key in service}
+    return [{"name": "default", **shorthand}] if shorthand else []
+
+
+def merge(document: Any, overlay: Overlay) -> tuple[Any, list[str]]:
+    """The effective document, and the overlaid services the file no longer has (left out)."""
+    if not isinstance(document, dict) or not isinstance(document.get("services"), dict):
+        return document, sorted(overlay)  # the file is broken: config validation will say how
+    effective = copy.deepcopy(document)
+    services = effective["services"]
+    skipped = []
+    for name, parts in overlay.items():
+        service = services.get(name)
+        if not isinstance(service, dict):
+            skipped.append(name)
+            continue
+        if "versions" in parts:
+            versions = service.setdefault("versions", {})
+            if isinstance(versions, dict):
+                versions.update(copy.deepcopy(parts["versions"]))
+        if "rules" in parts:
+            for key in _SHORTHAND:
+                service.pop(key, None)
+            service["rules"] = copy.deepcopy(parts["rules"])
+    return effective, skipped
+
+
+def _service(effective: Document, name: str) -> dict[str, Any]:
+    service = effective.get("services", {}).get(name)
+    if not isinstance(service, dict):
+        raise ChangeError(404, f"no service {name!r}", "service")
+    return service
+
+
+def set_weights(effective: Document, overlay: Overlay, service: str, rule: str,
+                weights: dict[str, int]) -> Overlay:
+    """Give a split rule new weights (validated later, with the whole config)."""
+    rules = copy.deepcopy(_rules(_service(effective, service)))
+    for index, entry in enumerate(rules):
+        default_name = "default" if index == len(rules) - 1 else f"rule-{index}"  # as config names them
+        if isinstance(entry, dict) and entry.get("name", default_name) == rule:
+            if "split" not in entry:
+                raise ChangeError(409, f"rule {rule!r} routes to one version, not a split; replace the rules "
+                                  "to split it", "rule")
+            entry["split"] = dict(weights)
+            break
+    else:
+        raise ChangeError(404, f"service {service!r} has no rule {rule!r}", "rule")
+    return replace_rules(effective, overlay, service, rules)
+
+
+def replace_rules(effective: Document, overlay: Overlay, service: str, rules: list[Any]) -> Overlay:
+    _service(effective, service)
+    changed = copy.deepcopy(overlay)
+    changed.setdefault(service, {})["rules"] = copy.deepcopy(rules)
+    return changed
+
+
+def set_version(effective: Document, overlay: Overlay, service: str, version: str,
+                entry: dict[str, Any]) -> Overlay:
+    """Add a version, or replace its endpoints (and TLS settings)."""
+    _service(effective, service)
+    changed = copy.deepcopy(overlay)
+    changed.setdefault(service, {}).setdefault("versions", {})[version] = copy.deepcopy(entry)
+    return changed
+
+
+def diff(before: Any, after: Any, path: str = "") -> list[dict[str, Any]]:
+    """Field-level differences between two documents, as {path, before, after}."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        changes = []
+        for key in [*before, *(k for k in after if k not in before)]:
+            where = f"{path}.{key}" if path else str(key)
+            if key not in after:
+                changes.append({"path": where, "before": before[key], "after": None})
+            elif key not in before:
+                changes.append({"path": where, "before": None, "after": after[key]})
+            else:
+                changes.extend(diff(before[key], after[key], where))
+        return changes
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        return [change for i, (a, b) in enumerate(zip(before, after, strict=True))
+                for change in diff(a, b, f"{path}[{i}]")]
+    return [] if before == after else [{"path": path, "before": before, "after": after}]
