@@ -23,9 +23,11 @@ from .config import Config, ConfigError, from_document, read_document
 from .overlay import ChangeError, Overlay
 from .routing import RoutingState
 
-__all__ = ["Control", "Entry"]
+__all__ = ["Control", "Entry", "Tables", "decode_tables", "encode_tables"]
 
 HISTORY = 50  # generations kept for audit, diff and rollback
+
+Tables = dict[tuple[str, str], tuple[str, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +38,7 @@ class Entry:
     what: str
     overlay: Overlay
     document: Any  # the effective config document of that generation
+    tables: list[Any]  # its bucket tables, encoded: a rollback restores them exactly
 
     def summary(self) -> dict[str, Any]:
         return {"generation": self.generation, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.at)),
@@ -43,10 +46,11 @@ class Entry:
 
 
 class Control:
-    """Owns the desired state of one proxy. ``apply`` hands a validated config (and the document it
-    came from) to the workers and returns the snapshot they now serve."""
+    """Owns the desired state of one proxy. ``apply`` hands a validated config (the document it came
+    from, and tables that must be used as they are, if any) to the workers and returns the snapshot
+    they now serve."""
 
-    def __init__(self, config_path: str | Path, apply: Callable[[Config, Any], RoutingState],
+    def __init__(self, config_path: str | Path, apply: Callable[[Config, Any, Tables | None], RoutingState],
                  clock: Callable[[], float] = time.time) -> None:
         self.config_path = Path(config_path)
         self.state_path = self.config_path.with_name(self.config_path.name + ".state.json")
@@ -55,7 +59,7 @@ class Control:
         self.overlay: Overlay = {}
         self.history: list[Entry] = []
         self.generation = 0
-        self.tables: dict[tuple[str, str], tuple[str, ...]] = {}
+        self.tables: Tables = {}
 
     # -- boot
 
@@ -66,8 +70,7 @@ class Control:
             self.overlay = saved.get("overlay", {})
             self.generation = int(saved.get("generation", 0))
             self.history = [Entry(**entry) for entry in saved.get("history", [])]
-            self.tables = {(service, rule): buckets.decode(runs)
-                           for service, rule, runs in saved.get("tables", [])}
+            self.tables = decode_tables(saved.get("tables", []))
         config, document = self._effective(self.overlay)
         self.generation += 1
         return config, document
@@ -79,7 +82,7 @@ class Control:
     # -- changes
 
     def change(self, who: str, what: str, make: Callable[[Any, Overlay], Overlay],
-               if_match: int | None = None) -> Entry:
+               if_match: int | None = None, tables: Tables | None = None) -> Entry:
         if if_match is not None and if_match != self.generation:
             raise ChangeError(409, f"generation {if_match} is stale: the current generation is {self.generation}",
                               "If-Match")
@@ -88,14 +91,15 @@ class Control:
         except ConfigError as exc:
             raise ChangeError(500, str(exc), "config file") from None
         changed = make(document, self.overlay)
-        return self._commit(who, what, changed)
+        return self._commit(who, what, changed, tables)
 
     def rollback(self, who: str, generation: int, if_match: int | None = None) -> Entry:
         entry = next((e for e in self.history if e.generation == generation), None)
         if entry is None:
             kept = ", ".join(str(e.generation) for e in self.history)
             raise ChangeError(404, f"generation {generation} is not kept (kept: {kept})", "generation")
-        return self.change(who, f"rollback to generation {generation}", lambda _doc, _old: entry.overlay, if_match)
+        return self.change(who, f"rollback to generation {generation}", lambda _doc, _old: entry.overlay, if_match,
+                           tables=decode_tables(entry.tables))
 
     def reload_file(self) -> Entry:
         """SIGHUP: the new file, with the same overlay on top."""
@@ -126,25 +130,34 @@ class Control:
         tls.check(config)
         return config, document
 
-    def _commit(self, who: str, what: str, changes: Overlay) -> Entry:
+    def _commit(self, who: str, what: str, changes: Overlay, tables: Tables | None = None) -> Entry:
         try:
             config, document = self._effective(changes)
         except ConfigError as exc:
             raise ChangeError(422, exc.message, exc.path) from None
-        state = self.apply(config, document)
+        state = self.apply(config, document, tables)
         self.overlay = changes
         return self._record(state, who, what, changes, document)
 
     def _record(self, state: RoutingState, who: str, what: str, changes: Overlay, document: Any) -> Entry:
         self.generation = state.generation
         self.tables = state.tables()
-        entry = Entry(state.generation, self.clock(), who, what, copy.deepcopy(changes), document)
+        entry = Entry(state.generation, self.clock(), who, what, copy.deepcopy(changes), document,
+                      encode_tables(self.tables))
         self.history = [*self.history, entry][-HISTORY:]
         statefile.write(self.state_path, {
             "generation": self.generation,
             "overlay": self.overlay,
             "history": [{"generation": e.generation, "at": e.at, "who": e.who, "what": e.what,
-                         "overlay": e.overlay, "document": e.document} for e in self.history],
-            "tables": [[service, rule, buckets.encode(owners)] for (service, rule), owners in self.tables.items()],
+                         "overlay": e.overlay, "document": e.document, "tables": e.tables} for e in self.history],
+            "tables": encode_tables(self.tables),
         })
         return entry
+
+
+def encode_tables(tables: Tables) -> list[Any]:
+    return [[service, rule, buckets.encode(owners)] for (service, rule), owners in tables.items()]
+
+
+def decode_tables(encoded: list[Any]) -> Tables:
+    return {(service, rule): buckets.decode(runs) for service, rule, runs in encoded}

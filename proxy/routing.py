@@ -294,9 +294,11 @@ def normalise_host(value: str) -> str:
 
 def build(config: Config, previous: RoutingState | None = None, generation: int | None = None,
           tables: dict[tuple[str, str], tuple[str, ...]] | None = None) -> RoutingState:
-    """Compile a config into a snapshot, rebalancing bucket tables from ``previous`` (or, at boot, from
-    saved ``tables``, so that users keep their versions across restarts)."""
-    old_tables = previous.tables() if previous is not None else dict(tables or {})
+    """Compile a config into a snapshot, rebalancing bucket tables from ``previous``. ``tables`` given
+    explicitly win over ``previous``: saved tables at boot (users keep their versions across restarts)
+    and a generation's own tables on rollback (the same users return to the same versions)."""
+    old_tables = previous.tables() if previous is not None else {}
+    old_tables.update(tables or {})
     if generation is None:
         generation = previous.generation + 1 if previous is not None else 1
     services = []

@@ -30,8 +30,9 @@ from aiohttp import web
 
 from . import admin, routing
 from . import config as config_module
+from . import control as control_module
 from .config import Config, ConfigError
-from .control import Control
+from .control import Control, Tables
 from .overlay import ChangeError
 from .routing import RoutingState
 from .worker import Worker, listen_socket
@@ -77,7 +78,7 @@ def serve(config_path: str, workers: int = 1) -> int:
             demo.wait(5)
 
 
-def _not_serving_yet(config: Config, document: Any) -> RoutingState:
+def _not_serving_yet(config: Config, document: Any, tables: Tables | None) -> RoutingState:
     raise AssertionError("a change arrived before the workers started")
 
 
@@ -86,8 +87,8 @@ async def _serve_one(config: Config, control: Control, sockets: dict[str, socket
     """One worker in this process: the admin API and signals act on it directly."""
     worker = Worker(config, control.generation, control.tables)
 
-    def apply(new: Config, document: Any) -> RoutingState:
-        worker.apply(new)
+    def apply(new: Config, document: Any, tables: Tables | None) -> RoutingState:
+        worker.apply(new, tables)
         return worker.state
 
     control.apply = apply
@@ -123,8 +124,10 @@ async def _run_worker(worker: Worker, sockets: dict[str, socket.socket], on_hup:
                 if text is None:  # the supervisor is gone: nobody to answer to
                     stop.set()
                     return
+                message = json.loads(text)
+                tables = control_module.decode_tables(message["tables"]) if message["tables"] else None
                 try:
-                    worker.apply(config_module.parse(text, worker.config.source))
+                    worker.apply(config_module.from_document(message["document"], worker.config.source), tables)
                 except ConfigError as exc:  # a certificate file changed since the supervisor checked it
                     worker.stats.reloads_failed += 1
                     log.error("worker %d refused the new config: %s", os.getpid(), exc)
@@ -167,14 +170,16 @@ def _supervise(config: Config, document: Any, control: Control, sockets: dict[st
     handled = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
     signal.pthread_sigmask(signal.SIG_BLOCK, handled)
     children: dict[int, int] = {}  # pid -> write end of its pipe
-    text = json.dumps(document)  # what a worker started now must serve
+    document_now = document  # what a worker started now must serve
     mirror = routing.build(config, generation=control.generation, tables=control.tables)
 
-    def apply(new: Config, new_document: Any) -> RoutingState:
-        nonlocal mirror, text
-        mirror = routing.build(new, mirror)
-        text = json.dumps(new_document)
-        frame = struct.pack("!I", len(text.encode())) + text.encode()
+    def apply(new: Config, new_document: Any, tables: Tables | None) -> RoutingState:
+        nonlocal mirror, document_now
+        mirror = routing.build(new, mirror, tables=tables)
+        document_now = new_document
+        message = json.dumps({"document": new_document,
+                              "tables": control_module.encode_tables(tables) if tables else None}).encode()
+        frame = struct.pack("!I", len(message)) + message
         for fd in children.values():
             os.write(fd, frame)
         return mirror
@@ -191,7 +196,8 @@ def _supervise(config: Config, document: Any, control: Control, sockets: dict[st
             signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
             code = 0
             try:
-                worker = Worker(config_module.parse(text, str(control.config_path)), generation, tables)
+                config_now = config_module.from_document(document_now, str(control.config_path))
+                worker = Worker(config_now, generation, tables)
                 uvloop.run(_run_worker(worker, sockets, lambda: None, read_end, None, None))
             except BaseException:
                 log.exception("worker crashed")

@@ -117,14 +117,14 @@ class Worker:
                 self._pool_tls[target.address] = target.tls
         return pool
 
-    def apply(self, config: Config) -> None:
+    def apply(self, config: Config, tables: dict[tuple[str, str], tuple[str, ...]] | None = None) -> None:
         """Swap in a new snapshot built from ``config`` (bucket tables rebalanced, not rebuilt) and new
         certificates. Everything is built before anything is swapped: a failure changes nothing."""
         if _sockets_of(config) != _sockets_of(self.config):
             log.warning("listener changes need a restart; still serving %s",
                         ", ".join(f"{each.scheme}://{each.address}" for each in self.config.listeners))
         material = tls.build(config)
-        state = routing.build(config, self.state)
+        state = routing.build(config, self.state, tables=tables)
         version_stats = self._count_versions(state)
         self.version_stats = version_stats  # before the state: a request never misses its counters
         self.state = state
