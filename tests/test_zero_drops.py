@@ -70,7 +70,7 @@ async def test_changes_under_load_drop_nothing_and_move_only_moved_buckets(upstr
     await wait_admin(process)
     admin = Admin(process, tmp_path)
     tables = {1: rebalance(None, {"blue": 100, "green": 0})}
-    stop, seen, failures = asyncio.Event(), [], []
+    stop, seen, failures = asyncio.Event(), list[tuple[str, str]](), list[str]()
     clients = [asyncio.create_task(load(process.port, stop, keep_alive, seen, failures))
                for keep_alive in (True, False)]
     started = time.monotonic()
