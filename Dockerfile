@@ -5,8 +5,10 @@ FROM python:3.12-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
-RUN pip install --no-cache-dir . && useradd --system --no-create-home turnout
-COPY config/container.yaml /etc/turnout/turnout.yaml
+RUN pip install --no-cache-dir . && useradd --system --no-create-home turnout \
+    && mkdir -p /etc/turnout && chown turnout /etc/turnout
+# The directory must be writable: the admin token and the admin state file live beside the config.
+COPY --chown=turnout config/container.yaml /etc/turnout/turnout.yaml
 USER turnout
 EXPOSE 8080
 STOPSIGNAL SIGTERM

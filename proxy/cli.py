@@ -1,17 +1,29 @@
 """The ``turnout`` command.
 
-    turnout proxy  [--config FILE] [--workers N]   serve (also: python -m proxy)
-    turnout check  [--config FILE]                 validate a config file and exit
+    turnout proxy  [--config FILE] [--workers N]            serve (also: python -m proxy)
+    turnout check  [--config FILE]                          validate a config file and exit
+    turnout status                                          services, versions, rules, splits
+    turnout weights set SERVICE v1=90 v2=10 [--rule R]      change a split
+    turnout generations                                     who changed what, when
+    turnout diff A B                                        what changed between two generations
+    turnout rollback GENERATION                             a new generation equal to an old one
+
+The client commands talk to the admin API: ``--admin URL`` (or TURNOUT_ADMIN_URL, default
+http://127.0.0.1:9901) and ``--token`` (or TURNOUT_ADMIN_TOKEN, or ``--token-file``, default
+config/admin.token). ``--json`` prints the API's answer as it is. Any failure: one line, exit 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+from typing import Any
 
 from . import config as config_module
+from .client import AdminClient, ClientError, resolve
 
 __all__ = ["main"]
 
@@ -26,13 +38,27 @@ def main(argv: list[str] | None = None) -> int:
     proxy.add_argument("--workers", type=int, default=1, help="worker processes sharing the port")
     check = sub.add_parser("check", help="validate a config file")
     check.add_argument("--config", default=DEFAULT_CONFIG)
+
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("--admin", help="admin API URL (default $TURNOUT_ADMIN_URL or http://127.0.0.1:9901)")
+    client.add_argument("--token", help="admin token (default $TURNOUT_ADMIN_TOKEN or the token file)")
+    client.add_argument("--token-file", help="file holding the admin token (default config/admin.token)")
+    client.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    sub.add_parser("status", parents=[client], help="show the routing state")
+    weights = sub.add_parser("weights", parents=[client], help="change a split's weights")
+    weights.add_argument("action", choices=["set"])
+    weights.add_argument("service")
+    weights.add_argument("weights", nargs="+", metavar="VERSION=WEIGHT")
+    weights.add_argument("--rule", default="default", help="the split rule (default: default)")
+    weights.add_argument("--if-match", type=int, metavar="GENERATION", help="fail if the state moved on")
+    sub.add_parser("generations", parents=[client], help="list recent generations")
+    diff = sub.add_parser("diff", parents=[client], help="compare two generations")
+    diff.add_argument("before", type=int)
+    diff.add_argument("after", type=int)
+    rollback = sub.add_parser("rollback", parents=[client], help="roll back to a generation")
+    rollback.add_argument("generation", type=int)
     args = parser.parse_args(argv)
 
-    logging.basicConfig(
-        level=os.environ.get("TURNOUT_LOG_LEVEL", "INFO"),
-        format="turnout[%(process)d] %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
     if args.command == "check":
         try:
             cfg = config_module.load(args.config)
@@ -41,13 +67,77 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"{args.config}: ok ({len(cfg.services)} services)")
         return 0
-    if args.workers < 1:
-        parser.error("--workers must be at least 1")
-    from .server import serve  # imported late so that `check` needs no event loop machinery
+    if args.command == "proxy":
+        logging.basicConfig(
+            level=os.environ.get("TURNOUT_LOG_LEVEL", "INFO"),
+            format="turnout[%(process)d] %(levelname)s %(message)s",
+            stream=sys.stderr,
+        )
+        if args.workers < 1:
+            parser.error("--workers must be at least 1")
+        from .server import serve  # imported late: client commands need no event loop machinery
 
-    return serve(args.config, args.workers)
+        return serve(args.config, args.workers)
+    try:
+        return _client_command(args)
+    except ClientError as exc:
+        print(f"turnout: {exc}", file=sys.stderr)
+        return 1
+
+
+def _client_command(args: argparse.Namespace) -> int:
+    api = AdminClient(*resolve(args.admin, args.token, args.token_file))
+    answer: Any
+    if args.command == "status":
+        answer = api.call("GET", "/v1/state")
+        text = _status(answer)
+    elif args.command == "weights":
+        given = {}
+        for item in args.weights:
+            version, sep, value = item.partition("=")
+            if not sep or not value.strip().isdigit():
+                raise ClientError(f"weights are VERSION=INTEGER, got {item!r}")
+            given[version] = int(value)
+        answer = api.call("PUT", f"/v1/services/{args.service}/rules/{args.rule}/weights", {"weights": given},
+                          args.if_match)
+        text = f"generation {answer['generation']}: {answer['what']}"
+    elif args.command == "generations":
+        answer = api.call("GET", "/v1/generations")
+        text = "\n".join(f"{g['generation']:>5}  {g['at']}  {g['who']:<12}  {g['what']}" for g in answer["generations"])
+    elif args.command == "diff":
+        answer = api.call("GET", f"/v1/generations/{args.before}/diff/{args.after}")
+        text = "\n".join(f"{c['path']}: {json.dumps(c['before'])} -> {json.dumps(c['after'])}"
+                         for c in answer["changes"]) or "no differences"
+    else:
+        answer = api.call("POST", "/v1/rollback", {"generation": args.generation})
+        text = f"generation {answer['generation']}: {answer['what']}"
+    print(json.dumps(answer, indent=2) if args.json else text)
+    return 0
+
+
+def _status(state: dict[str, Any]) -> str:
+    workers = ", ".join(str(w["generation"]) for w in state["workers"])
+    lines = [f"generation {state['generation']} (workers serving: {workers})"]
+    for name, service in state["services"].items():
+        lines.append(f"\nservice {name}  hosts {' '.join(service['hosts'])}  path {service['path_prefix']}")
+        for version, entry in service["versions"].items():
+            lines.append(f"  version {version:<10} {' '.join(entry['endpoints']) or '(no endpoints)'}")
+        for rule in service["rules"]:
+            match = json.dumps(rule["match"], separators=(",", ":")) if "match" in rule else "(default)"
+            if "version" in rule:
+                target = f"-> {rule['version']}"
+            else:
+                split = " ".join(f"{v}={w}" for v, w in rule["split"].items())
+                owned = " ".join(f"{v}:{n}" for v, n in rule["buckets"].items())
+                target = f"split {split}  sticky {json.dumps(rule['sticky'])}  buckets {owned}"
+            lines.append(f"  rule {rule['name']:<14} {match:<40} {target}")
+    return "\n".join(lines)
 
 
 def proxy_main() -> int:
     """``python -m proxy``: the proxy subcommand."""
     return main(["proxy", *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""The ``turnout`` command against a running proxy, as a user runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from .test_admin_changes import config_text, versions, wait_admin
+
+
+def turnout(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "proxy.cli", *args], capture_output=True, text=True,
+                          timeout=30, env={**os.environ, **env})
+
+
+async def test_status_weights_generations_diff_rollback(upstreams, spawn_proxy, tmp_path: Path) -> None:
+    v1, v2 = await upstreams("v1"), await upstreams("v2")
+    process = spawn_proxy(config_text(v1.address, v2.address))
+    await wait_admin(process)
+    line = next(line for line in process.output().splitlines() if "admin API on" in line)
+    env = {"TURNOUT_ADMIN_URL": "http://127.0.0.1:" + line.split("http://127.0.0.1:")[1].split()[0],
+           "USER": "alice"}
+    token_file = str(tmp_path / "admin.token")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return turnout(*args, "--token-file", token_file, env=env)
+
+    status = await asyncio.to_thread(run, "status")
+    assert status.returncode == 0, status.stderr
+    assert "generation 1" in status.stdout and "split v1=100 v2=0" in status.stdout
+
+    changed = await asyncio.to_thread(run, "weights", "set", "shop", "v1=0", "v2=1")
+    assert (changed.returncode, changed.stdout.strip()) == (0, "generation 2: weights of shop/default: v1=0, v2=1")
+    async with aiohttp.ClientSession() as session:
+        assert set((await versions(session, process.port, range(50))).values()) == {"v2"}
+
+    bad = await asyncio.to_thread(run, "weights", "set", "shop", "v1=1", "v7=1")
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr.strip().splitlines() == [
+        "turnout: 422: unknown version 'v7' (versions: v1, v2) (field: services.shop.rules[1].split.v7)"]
+    stale = await asyncio.to_thread(run, "weights", "set", "shop", "v1=1", "--if-match", "1")
+    assert stale.returncode == 1 and "409" in stale.stderr
+
+    listing = await asyncio.to_thread(run, "generations", "--json")
+    answer = json.loads(listing.stdout)
+    assert answer["generations"][0]["who"] == "alice"
+    difference = await asyncio.to_thread(run, "diff", "1", "2")
+    assert difference.stdout.splitlines() == ["services.shop.rules[1].split.v1: 100 -> 0",
+                                              "services.shop.rules[1].split.v2: 0 -> 1"]
+    back = await asyncio.to_thread(run, "rollback", "1")
+    assert back.stdout.strip() == "generation 3: rollback to generation 1"
+
+    no_token = await asyncio.to_thread(turnout, "status", "--token", "wrong", env=env)
+    assert no_token.returncode == 1 and "401" in no_token.stderr
+    unreachable = await asyncio.to_thread(turnout, "status", "--admin", "http://127.0.0.1:9", "--token", "x", env=env)
+    assert unreachable.returncode == 1 and "cannot reach the admin API" in unreachable.stderr
