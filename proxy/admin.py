@@ -11,6 +11,8 @@ Routes so far (docs/admin-api.md):
     PUT  /v1/services/{service}/versions/{version}       {"endpoints": [...], "tls": {...}}  (add or replace)
     GET  /v1/generations                                 who changed what, when (the last 50)
     GET  /v1/generations/{a}/diff/{b}                    field-level differences of two generations
+    POST /v1/explain                                     which service, rule, bucket, version, endpoint
+    ...?dry_run=true on the PUTs                         which sticky users a change would move
     POST /v1/rollback                                    {"generation": N}: a new generation equal to N
     GET  /metrics                                        Prometheus text, all workers summed
     GET  /ready, /live                                   readiness (503 once draining), liveness
@@ -32,11 +34,11 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from . import metrics, overlay
+from . import explain, metrics, overlay, routing
 from .config import Admin, Condition, ConfigError, Match, Sticky
 from .control import Control, Entry
 from .overlay import ChangeError
-from .routing import RoutingState
+from .routing import Request, RoutingState
 
 __all__ = ["AdminBackend", "load_token", "make_app"]
 
@@ -115,7 +117,7 @@ def make_app(backend: AdminBackend, token: str, control: Control | None = None) 
 
     app = web.Application(middlewares=[guard])
     if control is not None:
-        _add_changes(app, control)
+        _add_changes(app, control, backend)
     app.router.add_get("/v1/state", state)
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/ready", ready)
@@ -126,7 +128,7 @@ def make_app(backend: AdminBackend, token: str, control: Control | None = None) 
 # ----------------------------------------------------------------------------------------------- changes
 
 
-def _add_changes(app: web.Application, control: Control) -> None:
+def _add_changes(app: web.Application, control: Control, backend: AdminBackend) -> None:
     async def body(request: web.Request) -> dict[str, Any]:
         try:
             data = await request.json()
@@ -158,32 +160,55 @@ def _add_changes(app: web.Application, control: Control) -> None:
     def actor(request: web.Request) -> str:
         return request.headers.get("X-Turnout-Actor", "admin-api")[:100]
 
+    def apply(request: web.Request, what: str, make: Callable[[Any, overlay.Overlay], overlay.Overlay]) -> web.Response:
+        """Apply a change, or with ``?dry_run=true`` only say which sticky users it would move."""
+        if request.query.get("dry_run", "").lower() in ("1", "true", "yes"):
+            current = backend.routing_state()
+            after = routing.build(control.preview(make), current)
+            return web.json_response({"dry_run": True, "generation": current.generation, "what": what,
+                                      "splits": explain.moves(current, after)})
+        return changed(control.change(actor(request), what, make, if_match(request)))
+
     async def weights(request: web.Request) -> web.Response:
         service, rule = request.match_info["service"], request.match_info["rule"]
         given = field(await body(request), "weights", dict, "an object of version: integer weight")
         what = f"weights of {service}/{rule}: " + ", ".join(f"{k}={v}" for k, v in given.items())
-        return changed(control.change(actor(request), what,
-                                      lambda doc, old: overlay.set_weights(doc, old, service, rule, given),
-                                      if_match(request)))
+        return apply(request, what, lambda doc, old: overlay.set_weights(doc, old, service, rule, given))
 
     async def rules(request: web.Request) -> web.Response:
         service = request.match_info["service"]
         given = field(await body(request), "rules", list, "a list of rules, as in the config file")
-        return changed(control.change(actor(request), f"rules of {service}",
-                                      lambda doc, old: overlay.replace_rules(doc, old, service, given),
-                                      if_match(request)))
+        return apply(request, f"rules of {service}",
+                     lambda doc, old: overlay.replace_rules(doc, old, service, given))
 
     async def version(request: web.Request) -> web.Response:
         service, name = request.match_info["service"], request.match_info["version"]
         data = await body(request)
         field(data, "endpoints", list, "a list of host:port or https://host:port")
-        return changed(control.change(actor(request), f"endpoints of {service}/{name}",
-                                      lambda doc, old: overlay.set_version(doc, old, service, name, data),
-                                      if_match(request)))
+        return apply(request, f"endpoints of {service}/{name}",
+                     lambda doc, old: overlay.set_version(doc, old, service, name, data))
 
     async def rollback(request: web.Request) -> web.Response:
         generation = field(await body(request), "generation", int, "a generation number")
         return changed(control.rollback(actor(request), generation, if_match(request)))
+
+    async def explain_route(request: web.Request) -> web.Response:
+        data = await body(request)
+        headers = {str(k).lower(): str(v) for k, v in field(data, "headers", dict, "an object").items()} \
+            if "headers" in data else {}
+        cookies = data.get("cookies") or {}
+        if not isinstance(cookies, dict):
+            raise ChangeError(422, "'cookies' must be an object", "cookies")
+        if cookies:
+            headers["cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
+        host = str(data.get("host") or headers.get("host", ""))
+        headers["host"] = host
+        path = str(data.get("path", "/"))
+        if not path.startswith("/"):
+            raise ChangeError(422, "'path' must start with '/'", "path")
+        probe = Request(str(data.get("method", "GET")).upper(), path, str(data.get("query", "")), headers,
+                        str(data.get("client_ip", "127.0.0.1")))
+        return web.json_response(explain.explain(backend.routing_state(), host, probe))
 
     async def generations(request: web.Request) -> web.Response:
         return web.json_response({"current": control.generation,
@@ -209,6 +234,7 @@ def _add_changes(app: web.Application, control: Control) -> None:
     app.router.add_put("/v1/services/{service}/versions/{version}", version)
     app.router.add_post("/v1/rollback", rollback)
     app.router.add_get("/v1/generations", generations)
+    app.router.add_post("/v1/explain", explain_route)
     app.router.add_get("/v1/generations/{a}/diff/{b}", diff)
 
 

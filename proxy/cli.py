@@ -3,7 +3,8 @@
     turnout proxy  [--config FILE] [--workers N]            serve (also: python -m proxy)
     turnout check  [--config FILE]                          validate a config file and exit
     turnout status                                          services, versions, rules, splits
-    turnout weights set SERVICE v1=90 v2=10 [--rule R]      change a split
+    turnout weights set SERVICE v1=90 v2=10 [--rule R]      change a split (--dry-run: who would move)
+    turnout explain --host H [--path P] [-H name=value]     which rule, bucket, version, endpoint
     turnout generations                                     who changed what, when
     turnout diff A B                                        what changed between two generations
     turnout rollback GENERATION                             a new generation equal to an old one
@@ -51,6 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     weights.add_argument("weights", nargs="+", metavar="VERSION=WEIGHT")
     weights.add_argument("--rule", default="default", help="the split rule (default: default)")
     weights.add_argument("--if-match", type=int, metavar="GENERATION", help="fail if the state moved on")
+    weights.add_argument("--dry-run", action="store_true", help="only show which sticky users would move")
+    explain = sub.add_parser("explain", parents=[client], help="explain how a request would be routed")
+    explain.add_argument("--host", default="")
+    explain.add_argument("--path", default="/")
+    explain.add_argument("--method", default="GET")
+    explain.add_argument("-H", "--header", action="append", default=[], metavar="NAME=VALUE")
+    explain.add_argument("--cookie", action="append", default=[], metavar="NAME=VALUE")
+    explain.add_argument("--query", default="")
     sub.add_parser("generations", parents=[client], help="list recent generations")
     diff = sub.add_parser("diff", parents=[client], help="compare two generations")
     diff.add_argument("before", type=int)
@@ -98,9 +107,21 @@ def _client_command(args: argparse.Namespace) -> int:
             if not sep or not value.strip().isdigit():
                 raise ClientError(f"weights are VERSION=INTEGER, got {item!r}")
             given[version] = int(value)
-        answer = api.call("PUT", f"/v1/services/{args.service}/rules/{args.rule}/weights", {"weights": given},
-                          args.if_match)
-        text = f"generation {answer['generation']}: {answer['what']}"
+        path = f"/v1/services/{args.service}/rules/{args.rule}/weights" + ("?dry_run=true" if args.dry_run else "")
+        answer = api.call("PUT", path, {"weights": given}, args.if_match)
+        if args.dry_run:
+            text = "\n".join(
+                f"{split['service']}/{split['rule']}: {split.get('moved_percent', 0)}% of sticky users would move"
+                + "".join(f"\n  {m['from']} -> {m['to']}: {m['buckets']} buckets ({m['percent']}%)"
+                          for m in split.get("moves", []))
+                for split in answer["splits"])
+        else:
+            text = f"generation {answer['generation']}: {answer['what']}"
+    elif args.command == "explain":
+        answer = api.call("POST", "/v1/explain", {
+            "host": args.host, "path": args.path, "method": args.method, "query": args.query,
+            "headers": dict(_pair(h) for h in args.header), "cookies": dict(_pair(c) for c in args.cookie)})
+        text = _explained(answer)
     elif args.command == "generations":
         answer = api.call("GET", "/v1/generations")
         text = "\n".join(f"{g['generation']:>5}  {g['at']}  {g['who']:<12}  {g['what']}" for g in answer["generations"])
@@ -113,6 +134,30 @@ def _client_command(args: argparse.Namespace) -> int:
         text = f"generation {answer['generation']}: {answer['what']}"
     print(json.dumps(answer, indent=2) if args.json else text)
     return 0
+
+
+def _pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise ClientError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def _explained(answer: dict[str, Any]) -> str:
+    if answer.get("service") is None:
+        return str(answer["why"])
+    lines = [f"service {answer['service']}, generation {answer['generation']}"]
+    for tried in answer["rules"]:
+        verdict = "matched" if tried["matched"] else "no match"
+        lines.append(f"  rule {tried['rule']}: {verdict}")
+        for check in tried["checks"]:
+            mark = "ok " if check["ok"] else "no "
+            lines.append(f"    {mark} {check['on']} {check['name']} {json.dumps(check['condition'])}"
+                         f" (got {json.dumps(check['value'])})")
+    lines.append(answer["why"])
+    if answer.get("version"):
+        lines.append(f"-> version {answer['version']}, endpoint {answer.get('next_endpoint')}")
+    return "\n".join(lines)
 
 
 def _status(state: dict[str, Any]) -> str:

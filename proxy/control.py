@@ -93,6 +93,15 @@ class Control:
         changed = make(document, self.overlay)
         return self._commit(who, what, changed, tables)
 
+    def preview(self, make: Callable[[Any, Overlay], Overlay]) -> Config:
+        """The validated config a change would produce, without applying it (dry runs)."""
+        try:
+            document = self._document(self.overlay)
+            config, _ = self._effective(make(document, self.overlay))
+        except ConfigError as exc:
+            raise ChangeError(422, exc.message, exc.path) from None
+        return config
+
     def rollback(self, who: str, generation: int, if_match: int | None = None) -> Entry:
         entry = next((e for e in self.history if e.generation == generation), None)
         if entry is None:

@@ -94,6 +94,10 @@ class VersionRoute:
         self.endpoints = endpoints
         self._next = 0
 
+    def peek(self) -> Target | None:
+        """The endpoint ``pick`` would return next, without moving on (for explain)."""
+        return self.endpoints[self._next % len(self.endpoints)] if self.endpoints else None
+
     def pick(self) -> Target | None:
         """The next endpoint, or None: a version with no endpoint answers 503, never another version."""
         if not self.endpoints:
@@ -334,7 +338,7 @@ def _compile_match(match: Match) -> Predicate | None:
         methods = match.methods
         tests.append(lambda r: r.method in methods)
     if match.path is not None:
-        path_test = _compile_condition(match.path)
+        path_test = compile_condition(match.path)
         tests.append(lambda r: path_test(r.path))
     for name, cond in match.headers:
         tests.append(_header_test(name, cond))
@@ -358,7 +362,7 @@ def _header_test(name: str, cond: Condition) -> Predicate:
         return lambda r: name in r.headers
     if cond.kind == "absent":
         return lambda r: name not in r.headers
-    test = _compile_condition(cond)
+    test = compile_condition(cond)
     return lambda r: test(r.headers.get(name))
 
 
@@ -371,11 +375,11 @@ def _param(name: str) -> Callable[[Request], str | None]:
 
 
 def _field_test(get: Callable[[Request], str | None], cond: Condition) -> Predicate:
-    test = _compile_condition(cond)
+    test = compile_condition(cond)
     return lambda r: test(get(r))
 
 
-def _compile_condition(cond: Condition) -> Callable[[str | None], bool]:
+def compile_condition(cond: Condition) -> Callable[[str | None], bool]:
     value = cond.value
     if cond.kind == "exact":
         return lambda s: s == value

@@ -173,3 +173,38 @@ async def test_new_version_and_rules_by_api_survive_a_restart(upstreams, spawn_p
         status, state = await admin.call(session, "GET", "/v1/state")
         assert state["generation"] == 5
         assert state["services"]["shop"]["rules"][1]["split"] == {"v1": 60, "v2": 30, "v3": 10}
+
+
+async def test_explain_and_dry_run(upstreams, spawn_proxy, tmp_path) -> None:
+    v1, v2 = await upstreams("v1"), await upstreams("v2")
+    process = spawn_proxy(config_text(v1.address, v2.address, {"v1": 90, "v2": 10}))
+    await wait_admin(process)
+    admin = Admin(process, tmp_path)
+    async with aiohttp.ClientSession() as session:
+        status, why = await admin.call(session, "POST", "/v1/explain", {"host": "x", "headers": {"X-Beta": "1"}})
+        assert status == 200
+        assert (why["service"], why["rule"], why["version"]) == ("shop", "beta", "v2")
+        assert why["rules"][0]["checks"] == [{"on": "header", "name": "x-beta", "condition": {"exact": "1"},
+                                              "value": "1", "ok": True}]
+        assert why["next_endpoint"] == v2.address
+
+        seen = await versions(session, process.port, range(50))
+        for user in ("u1", "u2", "u3"):
+            status, why = await admin.call(session, "POST", "/v1/explain", {"host": "x", "headers": {"X-User": user}})
+            assert why["rule"] == "default" and why["key"] == user
+            assert why["version"] == seen[user]  # explain agrees with what the proxy really did
+            assert why["rules"][0]["matched"] is False and why["weights"] == {"v1": "90%", "v2": "10%"}
+        status, why = await admin.call(session, "POST", "/v1/explain", {"host": "x"})
+        assert why["version"] is None and "weighted random" in why["why"]
+
+        weights = "/v1/services/shop/rules/default/weights?dry_run=true"
+        status, preview = await admin.call(session, "PUT", weights, {"weights": {"v1": 80, "v2": 20}})
+        assert status == 200 and preview["dry_run"] is True
+        assert preview["splits"] == [{"service": "shop", "rule": "default", "moved_buckets": 1000,
+                                      "moved_percent": 10.0,
+                                      "moves": [{"from": "v1", "to": "v2", "buckets": 1000, "percent": 10.0}]}]
+        status, bad = await admin.call(session, "PUT", weights, {"weights": {"v9": 1}})
+        assert status == 422
+        status, state = await admin.call(session, "GET", "/v1/state")
+        assert state["generation"] == 1  # a dry run changes nothing
+        assert await versions(session, process.port, range(50)) == seen

@@ -60,3 +60,18 @@ async def test_status_weights_generations_diff_rollback(upstreams, spawn_proxy, 
     assert no_token.returncode == 1 and "401" in no_token.stderr
     unreachable = await asyncio.to_thread(turnout, "status", "--admin", "http://127.0.0.1:9", "--token", "x", env=env)
     assert unreachable.returncode == 1 and "cannot reach the admin API" in unreachable.stderr
+
+
+async def test_explain_and_dry_run(upstreams, spawn_proxy, tmp_path: Path) -> None:
+    v1, v2 = await upstreams("v1"), await upstreams("v2")
+    process = spawn_proxy(config_text(v1.address, v2.address, {"v1": 90, "v2": 10}))
+    await wait_admin(process)
+    line = next(line for line in process.output().splitlines() if "admin API on" in line)
+    env = {"TURNOUT_ADMIN_URL": "http://127.0.0.1:" + line.split("http://127.0.0.1:")[1].split()[0]}
+    token = ["--token-file", str(tmp_path / "admin.token")]
+    why = await asyncio.to_thread(turnout, "explain", "--host", "shop.test", "-H", "X-Beta=1", *token, env=env)
+    assert why.returncode == 0, why.stderr
+    assert "rule beta: matched" in why.stdout and "-> version v2" in why.stdout
+    preview = await asyncio.to_thread(turnout, "weights", "set", "shop", "v1=50", "v2=50", "--dry-run", *token, env=env)
+    assert preview.stdout.splitlines() == ["shop/default: 40.0% of sticky users would move",
+                                           "  v1 -> v2: 4000 buckets (40.0%)"]
