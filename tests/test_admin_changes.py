@@ -204,7 +204,7 @@ async def test_explain_and_dry_run(upstreams, spawn_proxy, tmp_path) -> None:
                                       "moved_percent": 10.0,
                                       "moves": [{"from": "v1", "to": "v2", "buckets": 1000, "percent": 10.0}]}]
         status, bad = await admin.call(session, "PUT", weights, {"weights": {"v9": 1}})
-        assert status == 422
+        assert status == 422 and bad["field"] == "services.shop.rules[1].split.v9"
         status, state = await admin.call(session, "GET", "/v1/state")
         assert state["generation"] == 1  # a dry run changes nothing
         assert await versions(session, process.port, range(50)) == seen
