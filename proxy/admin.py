@@ -54,6 +54,8 @@ class AdminBackend(Protocol):
 
     def ready(self) -> bool: ...
 
+    def endpoint_health(self) -> dict[str, str]: ...
+
 
 def load_token(admin: Admin, source: str) -> str:
     """The bearer token: from the named environment variable, else from the token file, which is
@@ -102,7 +104,8 @@ def make_app(backend: AdminBackend, token: str, control: Control | None = None) 
 
     async def state(request: web.Request) -> web.Response:
         current = backend.routing_state()
-        return web.json_response(describe(current, backend.snapshots()), headers={"ETag": f'"{current.generation}"'})
+        view = describe(current, backend.snapshots(), backend.endpoint_health())
+        return web.json_response(view, headers={"ETag": f'"{current.generation}"'})
 
     async def prometheus(request: web.Request) -> web.Response:
         return web.Response(body=metrics.render(backend.snapshots()), headers={"Content-Type": metrics.CONTENT_TYPE})
@@ -241,7 +244,8 @@ def _add_changes(app: web.Application, control: Control, backend: AdminBackend) 
 # ----------------------------------------------------------------------------------------------- views
 
 
-def describe(state: RoutingState, snapshots: list[dict[str, Any]]) -> dict[str, Any]:
+def describe(state: RoutingState, snapshots: list[dict[str, Any]],
+             health: dict[str, str] | None = None) -> dict[str, Any]:
     """The routing state in the config's own vocabulary, plus what only the running proxy knows: the
     generation each worker serves and how many buckets each version owns."""
     services = {}
@@ -262,7 +266,10 @@ def describe(state: RoutingState, snapshots: list[dict[str, Any]]) -> dict[str, 
         services[service.name] = {
             "hosts": list(service.hosts),
             "path_prefix": service.path_prefix,
-            "versions": {v.name: {"endpoints": [str(e) for e in v.endpoints]} for v in service.versions},
+            "versions": {v.name: {"endpoints": [str(e) for e in v.endpoints],
+                                  "health": {target.address: (health or {}).get(target.address, "up")
+                                             for target in route.versions[v.name].endpoints}}
+                         for v in service.versions},
             "rules": rules,
         }
     return {

@@ -24,9 +24,12 @@ __all__ = [
     "ConfigError",
     "DemoApp",
     "Endpoint",
+    "HealthCheck",
     "Limits",
     "Listener",
     "Match",
+    "Outlier",
+    "Retries",
     "Rule",
     "ServerTls",
     "Service",
@@ -126,10 +129,38 @@ class UpstreamTls:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """Active checks of each endpoint of a version: GET ``path`` every ``interval``."""
+
+    path: str = "/healthz"
+    interval: float = 5.0
+    timeout: float = 1.0
+    healthy: int = 2  # consecutive passes to take an endpoint back
+    unhealthy: int = 3  # consecutive failures to take it out
+
+
+@dataclass(frozen=True, slots=True)
+class Outlier:
+    """Passive ejection: endpoints that keep failing real requests are left out for a while."""
+
+    consecutive_failures: int = 5  # connect failures or 5xx answers in a row
+    base_ejection: float = 30.0  # the first ejection; the n-th lasts n times as long
+    max_ejection_percent: int = 50  # never eject more than this share of a version's endpoints
+
+
+@dataclass(frozen=True, slots=True)
+class Retries:
+    attempts: int = 1  # retries after the first try, each on another endpoint of the same version
+    on_status: frozenset[int] = frozenset()  # statuses that retry idempotent requests without a body
+    budget_percent: int = 20  # retries in flight: at most this share of the requests in flight (or 3)
+
+
+@dataclass(frozen=True, slots=True)
 class Version:
     name: str
     endpoints: tuple[Endpoint, ...]
     tls: UpstreamTls = UpstreamTls()
+    health: HealthCheck | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +171,8 @@ class Service:
     salt: str
     versions: tuple[Version, ...]
     rules: tuple[Rule, ...]
+    outlier: Outlier = Outlier()
+    retries: Retries = Retries()
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,7 +490,8 @@ class _Parser:
 
     def service(self, name: str, raw: Any, path: str) -> Service:
         self.name(name, path, "service name")
-        fields = {"hosts", "path_prefix", "salt", "versions", "rules", "split", "sticky", "version"}
+        fields = {"hosts", "path_prefix", "salt", "versions", "rules", "split", "sticky", "version", "outlier",
+                  "retries"}
         body = self.mapping(raw, path, fields)
         hosts = self.hosts(body.get("hosts", ["*"]), _join(path, "hosts"))
         prefix = body.get("path_prefix", "/")
@@ -489,7 +523,47 @@ class _Parser:
             if not route:
                 raise self.fail(path, "needs 'rules', or a 'split' or 'version' to route to")
             rules = (self.rule({"name": "default", **route}, path, names, 0, True),)
-        return Service(name, hosts, prefix, salt, versions, rules)
+        outlier = self.outlier(body.get("outlier"), _join(path, "outlier"))
+        retries = self.retries(body.get("retries"), _join(path, "retries"))
+        return Service(name, hosts, prefix, salt, versions, rules, outlier, retries)
+
+    def outlier(self, raw: Any, path: str) -> Outlier:
+        body = self.mapping(raw, path, {"consecutive_failures", "base_ejection", "max_ejection_percent"})
+        default = Outlier()
+        return Outlier(
+            self.integer(body.get("consecutive_failures", default.consecutive_failures),
+                         _join(path, "consecutive_failures"), 1, 1000),
+            self.duration(body.get("base_ejection", default.base_ejection), _join(path, "base_ejection")),
+            self.integer(body.get("max_ejection_percent", default.max_ejection_percent),
+                         _join(path, "max_ejection_percent"), 0, 100),
+        )
+
+    def retries(self, raw: Any, path: str) -> Retries:
+        body = self.mapping(raw, path, {"attempts", "on_status", "budget_percent"})
+        default = Retries()
+        statuses = body.get("on_status", [])
+        if not isinstance(statuses, list):
+            raise self.fail(_join(path, "on_status"), "must be a list of 5xx statuses")
+        on_status = frozenset(self.integer(code, f"{path}.on_status[{i}]", 500, 599) for i, code in enumerate(statuses))
+        return Retries(
+            self.integer(body.get("attempts", default.attempts), _join(path, "attempts"), 0, 5),
+            on_status,
+            self.integer(body.get("budget_percent", default.budget_percent), _join(path, "budget_percent"), 0, 100),
+        )
+
+    def health(self, raw: Any, path: str) -> HealthCheck:
+        body = self.mapping(raw, path, {"path", "interval", "timeout", "healthy", "unhealthy"})
+        default = HealthCheck()
+        check_path = body.get("path", default.path)
+        if not isinstance(check_path, str) or not check_path.startswith("/"):
+            raise self.fail(_join(path, "path"), f"must start with '/', got {check_path!r}")
+        return HealthCheck(
+            check_path,
+            self.duration(body.get("interval", default.interval), _join(path, "interval")),
+            self.duration(body.get("timeout", default.timeout), _join(path, "timeout")),
+            self.integer(body.get("healthy", default.healthy), _join(path, "healthy"), 1, 100),
+            self.integer(body.get("unhealthy", default.unhealthy), _join(path, "unhealthy"), 1, 100),
+        )
 
     def hosts(self, raw: Any, path: str) -> tuple[str, ...]:
         if isinstance(raw, str):
@@ -516,7 +590,7 @@ class _Parser:
             self.name(name, where, "version name")
             if isinstance(value, list):
                 value = {"endpoints": value}
-            entry = self.mapping(value, where, {"endpoints", "tls"})
+            entry = self.mapping(value, where, {"endpoints", "tls", "health"})
             endpoints_raw = entry.get("endpoints")
             if not isinstance(endpoints_raw, list):
                 raise self.fail(_join(where, "endpoints"), "must be a list of host:port or https://host:port")
@@ -524,7 +598,8 @@ class _Parser:
                 self.endpoint(item, f"{where}.endpoints[{i}]", schemes=True) for i, item in enumerate(endpoints_raw)
             )
             tls = self.upstream_tls(entry["tls"], _join(where, "tls")) if "tls" in entry else UpstreamTls()
-            versions.append(Version(name, endpoints, tls))
+            health = self.health(entry["health"], _join(where, "health")) if "health" in entry else None
+            versions.append(Version(name, endpoints, tls, health))
         return tuple(versions)
 
     def rule(self, raw: Any, path: str, versions: list[str], index: int, last: bool) -> Rule:

@@ -292,10 +292,12 @@ class Downstream(asyncio.Protocol):
         request = Request(method_text, path_text, query.decode("latin-1"), fields, self.client_ip)
         decision = service.decide(request, worker.draw)
         stats = worker.version_stats.get(decision.version)
-        endpoint = decision.version.pick()
+        endpoint = decision.version.pick(worker.health.down)
         if endpoint is None:
+            # Never another version: this version's share is answered here (design.md, invariant 2).
+            what = "no healthy endpoint" if decision.version.endpoints else "no endpoint"
             return self.local_exchange(
-                503, f"no endpoint for version {decision.version.name!r} of service {service.name!r}",
+                503, f"{what} for version {decision.version.name!r} of service {service.name!r}",
                 close, head_request, stats=stats,
             )
 
@@ -339,6 +341,7 @@ class Downstream(asyncio.Protocol):
             expect_continue=expect_continue,
             set_cookie=set_cookie,
             stats=stats,
+            route=decision.version,
         )
 
     def end_to_end(self, tokens: set[bytes], skip: bytes = b"") -> list[bytes]:

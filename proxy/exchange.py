@@ -23,7 +23,7 @@ from .http1 import CRLF, HOP_BY_HOP, LAST_CHUNK, PLAIN_TOKENS, chunk, connection
 
 if TYPE_CHECKING:
     from .downstream import Downstream
-    from .routing import Target
+    from .routing import Target, VersionRoute
     from .stats import VersionStats
     from .upstream import Pool, UpstreamConnection
 
@@ -42,12 +42,14 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 
 class Exchange:
     __slots__ = (
+        "attempts",
         "born",
         "cancelled",
         "chunked",
         "client_keep_alive",
         "close_after",
         "conn",
+        "discarding",
         "down",
         "expect_continue",
         "finished",
@@ -64,11 +66,13 @@ class Exchange:
         "retried",
         "retryable",
         "reused",
+        "route",
         "set_cookie",
         "started",
         "stats",
         "status",
         "target",
+        "tried",
         "upgrade",
         "upstream_until_close",
         "version",
@@ -79,7 +83,7 @@ class Exchange:
                  client_keep_alive: bool = True, http11: bool = True, upgrade: bool = False,
                  retryable: bool = False, expect_continue: bool = False, set_cookie: bytes = b"",
                  local: bytes | None = None, close_after: bool = False, status: int = 0,
-                 stats: VersionStats | None = None) -> None:
+                 stats: VersionStats | None = None, route: VersionRoute | None = None) -> None:
         self.down = down
         self.head = head
         self.target = target
@@ -97,6 +101,10 @@ class Exchange:
         self.status = status  # what the client was answered (0 until then: an abort stays 0)
         self.stats = stats  # where this exchange is counted, if it was routed to a version
         self.born = monotonic()
+        self.route = route  # the version it was routed to: retries pick other endpoints of it
+        self.tried: set[str] = set()
+        self.attempts = 0
+        self.discarding = False  # a retryable error answer is being read and dropped
         self.conn: UpstreamConnection | None = None
         self.pending: list[bytes] = []
         self.pending_bytes = 0
@@ -149,6 +157,9 @@ class Exchange:
             if self.request_done or self.close_after:
                 self.finish()
             return
+        self.connect_upstream()
+
+    def connect_upstream(self) -> None:
         assert self.target is not None
         pool = self.down.worker.pool(self.target)
         conn = pool.take()
@@ -173,19 +184,22 @@ class Exchange:
         except TimeoutError:
             if self.stats is not None:
                 self.stats.timeouts += 1
-            self.fail(504, f"timed out connecting to upstream {pool.address}")
+            if not self.failed_try():
+                self.fail(504, f"timed out connecting to upstream {pool.address}")
             return
         except ssl.SSLError as exc:
             if self.stats is not None:
                 self.stats.connect_errors += 1
             # Said once per failed connect: the operator needs the reason, the client only gets a 502.
             log.warning("TLS to upstream %s failed: %s", pool.address, exc)
-            self.fail(502, f"TLS to upstream {pool.address} failed")
+            if not self.failed_try():
+                self.fail(502, f"TLS to upstream {pool.address} failed")
             return
         except OSError as exc:
             if self.stats is not None:
                 self.stats.connect_errors += 1
-            self.fail(502, f"cannot connect to upstream {pool.address}: {exc.strerror or exc}")
+            if not self.failed_try():
+                self.fail(502, f"cannot connect to upstream {pool.address}: {exc.strerror or exc}")
             return
         if self.wants_connection():
             self.attach(conn, reused=False)
@@ -208,6 +222,30 @@ class Exchange:
         else:
             conn.transport.write(self.head)
 
+    def failed_try(self) -> bool:
+        """This endpoint failed the request (nothing reached the client): count it against the
+        endpoint, and retry on another endpoint of the same version if the policy and budget allow.
+        Connect failures retry any request (nothing was sent); answers retry only idempotent,
+        bodiless requests (``on_status``)."""
+        route, target = self.route, self.target
+        if route is None or target is None or self.finished:
+            return False
+        worker = self.down.worker
+        if worker.health.failure(target.address, route.addresses, route.outlier, worker.now) and self.stats:
+            self.stats.ejections += 1
+        if self.attempts >= route.retries.attempts or self.response_started:
+            return False
+        self.tried.add(target.address)
+        other = route.pick(worker.health.down | self.tried)
+        if other is None or not worker.budget.allow(route.retries.budget_percent, len(worker.downstreams)):
+            return False
+        self.attempts += 1
+        if self.stats is not None:
+            self.stats.retries += 1
+        self.target, self.conn, self.reused = other, None, False
+        self.connect_upstream()
+        return True
+
     def finish(self) -> None:
         if not self.finished:
             self.finished = True
@@ -215,6 +253,8 @@ class Exchange:
             self.down.exchange_finished(self)
 
     def count(self) -> None:
+        if self.attempts:
+            self.down.worker.budget.finished(self.attempts)
         stats = self.stats
         if stats is not None:
             stats.record(self.status, monotonic() - self.born)
@@ -278,6 +318,15 @@ class Exchange:
         if status == 101 and not self.upgrade:
             self.fail(502, "upstream switched protocols without being asked")
             return
+        route, target = self.route, self.target
+        if route is not None and target is not None:
+            if status < 500:
+                self.down.worker.health.success(target.address)
+            elif status in route.retries.on_status and self.retryable and self.attempts < route.retries.attempts:
+                self.discarding = True  # read this answer to its end, drop it, then try another endpoint
+                return
+            else:
+                self.failed_try()  # counts against the endpoint; the answer itself goes to the client
         self.response_started = True
         self.status = status
         lines: list[bytes] = []
@@ -340,6 +389,8 @@ class Exchange:
         self.close_after = self.close_after or close
 
     def response_body(self, data: bytes) -> None:
+        if self.discarding:
+            return
         if self.framing == CHUNKED:
             self.down.out.extend(chunk(data))
         elif self.framing != NO_BODY:
@@ -350,6 +401,11 @@ class Exchange:
         if self.finished:
             return
         self.conn = None
+        if self.discarding:
+            self.discarding = False
+            if not self.failed_try():  # no other endpoint or no budget left: a plain 502 then
+                self.fail(502, "upstream answered with an error and no other endpoint could take the request")
+            return
         if self.framing == CHUNKED:
             self.down.out.append(LAST_CHUNK)
         self.down.flush()
@@ -374,7 +430,10 @@ class Exchange:
                     self.stats.retries += 1
                 self.open_connection(conn.pool)
                 return
-            self.fail(502, f"upstream {conn.pool.address} closed the connection before answering")
+            if self.discarding:
+                self.discarding = False
+            if not self.failed_try():
+                self.fail(502, f"upstream {conn.pool.address} closed the connection before answering")
         elif self.upstream_until_close and not conn.done:
             self.response_done()  # the body ended with the connection, as its framing said it would
         else:
@@ -386,4 +445,13 @@ class Exchange:
     def upstream_timeout(self) -> None:
         if self.stats is not None:
             self.stats.timeouts += 1
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.exchange = None
+            conn.transport.abort()
+        # A read timeout may follow a request the upstream is still acting on: count it, never retry it.
+        route, target, worker = self.route, self.target, self.down.worker
+        if route is not None and target is not None and \
+                worker.health.failure(target.address, route.addresses, route.outlier, worker.now) and self.stats:
+            self.stats.ejections += 1
         self.fail(504, "upstream timed out")

@@ -45,6 +45,8 @@ class _Snapshots:
             "turnout_upstream_timeouts", "Upstream connect or read timeouts.", labels=["service", "version"])
         retries = CounterMetricFamily(
             "turnout_retries", "Requests retried on a new upstream connection.", labels=["service", "version"])
+        ejections = CounterMetricFamily(
+            "turnout_ejections", "Endpoints ejected for failing requests in a row.", labels=["service", "version"])
         unrouted = CounterMetricFamily(
             "turnout_unrouted_requests", "Requests answered by the proxy itself without a version "
             "(malformed, no service, redirects).", labels=["code_class"])
@@ -67,11 +69,11 @@ class _Snapshots:
                 key = (entry["service"], entry["version"])
                 total = per_version.setdefault(key, {
                     "responses": [0] * 6, "buckets": [0] * (len(LATENCY_BOUNDS) + 1), "latency_sum": 0.0,
-                    "connect_errors": 0, "timeouts": 0, "retries": 0,
+                    "connect_errors": 0, "timeouts": 0, "retries": 0, "ejections": 0,
                 })
                 for field in ("responses", "buckets"):
                     total[field] = [a + b for a, b in zip(total[field], entry[field], strict=True)]
-                for field in ("latency_sum", "connect_errors", "timeouts", "retries"):
+                for field in ("latency_sum", "connect_errors", "timeouts", "retries", "ejections"):
                     total[field] += entry[field]
         for (service, version), total in sorted(per_version.items()):
             labels = [service, version]
@@ -85,12 +87,14 @@ class _Snapshots:
             connect_errors.add_metric(labels, total["connect_errors"])
             timeouts.add_metric(labels, total["timeouts"])
             retries.add_metric(labels, total["retries"])
+            ejections.add_metric(labels, total["ejections"])
         for klass, count in _classes(unrouted_counts):
             unrouted.add_metric([klass], count)
         for result, count in reload_counts.items():
             reloads.add_metric([result], count)
         connections.add_metric([], open_connections)
-        return [requests, duration, connect_errors, timeouts, retries, unrouted, reloads, connections, generation]
+        return [requests, duration, connect_errors, timeouts, retries, ejections, unrouted, reloads, connections,
+                generation]
 
 
 def render(snapshots: Sequence[dict[str, Any]]) -> bytes:

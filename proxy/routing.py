@@ -19,12 +19,13 @@ from __future__ import annotations
 import re
 from bisect import bisect_right
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from http.cookies import SimpleCookie
 from itertools import accumulate
 from urllib.parse import parse_qsl
 
 from . import buckets
-from .config import Condition, Config, Match, Rule, Service, Split, Sticky
+from .config import Condition, Config, Match, Outlier, Retries, Rule, Service, Split, Sticky
 from .hashing import Bucketer
 
 __all__ = ["Decision", "Request", "RoutingState", "Target", "build", "normalise_host"]
@@ -83,28 +84,50 @@ class Target:
         self.address = f"https://{host}:{port}/{tls[0]}/{tls[1]}" if tls else f"{host}:{port}"
 
 
+_NO_OUTLIER, _NO_RETRIES = Outlier(), Retries()
+
+
 class VersionRoute:
-    """A version's endpoints in a snapshot, picked round-robin."""
+    """A version's endpoints in a snapshot, picked round-robin, with its service's failure policies."""
 
-    __slots__ = ("_next", "endpoints", "name", "service")
+    __slots__ = ("_next", "addresses", "endpoints", "name", "outlier", "retries", "service")
 
-    def __init__(self, service: str, name: str, endpoints: tuple[Target, ...]) -> None:
+    def __init__(self, service: str, name: str, endpoints: tuple[Target, ...],
+                 outlier: Outlier = _NO_OUTLIER, retries: Retries = _NO_RETRIES) -> None:
         self.service = service
         self.name = name
         self.endpoints = endpoints
+        self.addresses = tuple(target.address for target in endpoints)
+        self.outlier = outlier
+        self.retries = retries
         self._next = 0
 
-    def peek(self) -> Target | None:
+    def peek(self, avoid: AbstractSet[str] = frozenset()) -> Target | None:
         """The endpoint ``pick`` would return next, without moving on (for explain)."""
-        return self.endpoints[self._next % len(self.endpoints)] if self.endpoints else None
+        count = len(self.endpoints)
+        for step in range(count):
+            target = self.endpoints[(self._next + step) % count]
+            if target.address not in avoid:
+                return target
+        return None
 
-    def pick(self) -> Target | None:
-        """The next endpoint, or None: a version with no endpoint answers 503, never another version."""
-        if not self.endpoints:
+    def pick(self, avoid: AbstractSet[str] = frozenset()) -> Target | None:
+        """The next endpoint not in ``avoid`` (ejected, failing checks, already tried), or None: then
+        the request is answered by the proxy, never sent to another version."""
+        endpoints = self.endpoints
+        count = len(endpoints)
+        if not count:
             return None
-        index = self._next % len(self.endpoints)
+        index = self._next % count
+        if avoid:
+            for step in range(count):
+                target = endpoints[(index + step) % count]
+                if target.address not in avoid:
+                    self._next = index + step + 1
+                    return target
+            return None
         self._next = index + 1
-        return self.endpoints[index]
+        return endpoints[index]
 
 
 class Decision:
@@ -311,7 +334,7 @@ def build(config: Config, previous: RoutingState | None = None, generation: int 
         versions = {
             v.name: VersionRoute(service.name, v.name, tuple(
                 Target(e.host, e.port, (service.name, v.name) if e.tls else None) for e in v.endpoints
-            ))
+            ), service.outlier, service.retries)
             for v in service.versions
         }
         rules = tuple(

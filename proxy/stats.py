@@ -25,7 +25,7 @@ STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 class VersionStats:
     """What one version of one service answered, as seen by one worker."""
 
-    __slots__ = ("buckets", "connect_errors", "latency_sum", "responses", "retries", "timeouts")
+    __slots__ = ("buckets", "connect_errors", "ejections", "latency_sum", "responses", "retries", "timeouts")
 
     def __init__(self) -> None:
         self.responses = [0, 0, 0, 0, 0, 0]  # by status // 100; index 0: aborted without a status
@@ -34,6 +34,7 @@ class VersionStats:
         self.connect_errors = 0
         self.timeouts = 0
         self.retries = 0
+        self.ejections = 0
 
     def record(self, status: int, seconds: float) -> None:
         klass = status // 100
@@ -49,6 +50,7 @@ class VersionStats:
             "connect_errors": self.connect_errors,
             "timeouts": self.timeouts,
             "retries": self.retries,
+            "ejections": self.ejections,
         }
 
 

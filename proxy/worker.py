@@ -20,6 +20,7 @@ from typing import Any
 from . import routing, tls
 from .config import Config, Listener
 from .downstream import Downstream
+from .health import Checker, Health, Probe, RetryBudget
 from .routing import Target
 from .stats import VersionStats, WorkerStats
 from .tls import CertificateSet, Terminator
@@ -60,6 +61,9 @@ class Worker:
         self.tls = tls.build(config)
         self.state = routing.build(config, generation=generation, tables=tables)
         self.stats = WorkerStats()
+        self.health = Health()
+        self.budget = RetryBudget()
+        self.checker = Checker(self.health)
         self.version_stats = self._count_versions(self.state)
         # Snapshots are large and long-lived (bucket tables); moving them out of the collector's
         # view keeps full collections, which the per-request garbage triggers, short.
@@ -98,6 +102,7 @@ class Worker:
                 ssl_handshake_timeout=self.limits.header_timeout if terminator is not None else None,
             )
         self._sweeper = loop.create_task(self._sweep())
+        self.checker.update(self._probes())
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run a background step (an upstream connect); the set keeps the task alive until done."""
@@ -136,6 +141,8 @@ class Worker:
             certificates = material.listeners.get(listening.config.name)
             if listening.terminator is not None and certificates is not None:
                 listening.terminator.certificates = certificates
+        if self._sweeper is not None:  # started: the checks follow the endpoints of the new snapshot
+            self.checker.update(self._probes())
         for address, pool in self.pools.items():
             pool.limits = config.limits
             key = self._pool_tls.get(address)
@@ -154,6 +161,25 @@ class Worker:
     def ready(self) -> bool:
         return not self.draining
 
+    def endpoint_health(self) -> dict[str, str]:
+        return {address: self.health.status(address) for address in self.health.endpoints}
+
+    def _probes(self) -> list[Probe]:
+        """The active checks the current snapshot asks for (one per endpoint of versions with health)."""
+        probes = []
+        for service in self.config.services:
+            for version in service.versions:
+                if version.health is None:
+                    continue
+                for target in self.state.services[service.name].versions[version.name].endpoints:
+                    upstream_tls = self.tls.upstreams.get(target.tls) if target.tls is not None else None
+                    scheme = "https" if upstream_tls is not None else "http"
+                    url = f"{scheme}://{target.host}:{target.port}{version.health.path}"
+                    probes.append(Probe(target.address, url, version.health,
+                                        upstream_tls.context if upstream_tls else None,
+                                        upstream_tls.server_name if upstream_tls else None))
+        return probes
+
     def _count_versions(self, state: routing.RoutingState) -> dict[routing.VersionRoute, VersionStats]:
         """Each version of a snapshot, mapped to its counters (which outlive snapshots)."""
         return {
@@ -164,6 +190,7 @@ class Worker:
 
     def tick(self, now: float) -> None:
         self.now = now
+        self.health.tick(now)
         for down in list(self.downstreams):
             if down.deadline <= now:
                 down.expire(now)
@@ -198,6 +225,7 @@ class Worker:
             pool.close_idle()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        await self.checker.close()
 
     async def close(self) -> None:
         """Immediate stop (tests): no grace, abort everything."""
@@ -212,6 +240,7 @@ class Worker:
             pool.close_idle()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        await self.checker.close()
 
 
 def _sockets_of(config: Config) -> list[tuple[str, object, str]]:

@@ -86,7 +86,8 @@ async def test_state_view(upstreams, proxy, admin_server) -> None:
     assert state["workers"] == [{"generation": 1, "connections": 0}]
     shop = state["services"]["shop"]
     assert shop["hosts"] == ["shop.test", "*.shop.test"]
-    assert shop["versions"] == {"v1": {"endpoints": [v1.address]}, "v2": {"endpoints": [v2.address]}}
+    assert shop["versions"] == {"v1": {"endpoints": [v1.address], "health": {v1.address: "up"}},
+                                "v2": {"endpoints": [v2.address], "health": {v2.address: "up"}}}
     assert shop["rules"][0] == {"name": "beta", "match": {"headers": {"x-beta": {"exact": "1"}}, "method": ["GET"]},
                                 "version": "v2"}
     assert shop["rules"][1] == {"name": "default", "split": {"v1": 750_000, "v2": 250_000},

@@ -1,0 +1,183 @@
+"""Endpoint health inside a version: passive outlier ejection, active checks, and the retry budget.
+
+Health only ever narrows the endpoints a version picks from; it never sends a request to another
+version (design.md §4, invariant 2). When every endpoint of a version is out, that version's share of
+traffic is answered 503 by the proxy.
+
+- Passive: ``consecutive_failures`` connect failures or 5xx answers in a row eject an endpoint for
+  ``base_ejection`` times (the number of ejections so far + 1); an ejection that would leave out more than
+  ``max_ejection_percent`` of its version's endpoints is skipped (but one can always go).
+- Active: a version with ``health`` gets every endpoint checked with ``GET path`` each ``interval``;
+  ``unhealthy`` failures in a row take it out, ``healthy`` passes in a row bring it back. New
+  endpoints count as up until a check says otherwise, so adding one never causes a gap.
+
+``down`` is the set of addresses the hot path must avoid: a plain set, usually empty.
+This module's bookkeeping is pure (time comes in as ``now``); ``Checker`` is the I/O around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import aiohttp
+
+from .config import HealthCheck, Outlier
+
+__all__ = ["Checker", "Health", "RetryBudget"]
+
+log = logging.getLogger("turnout")
+
+
+class _Endpoint:
+    __slots__ = ("ejected_until", "ejections", "fails", "failures", "passes", "unhealthy")
+
+    def __init__(self) -> None:
+        self.failures = 0  # real requests that failed in a row
+        self.ejections = 0
+        self.ejected_until = 0.0  # 0: not ejected
+        self.unhealthy = False  # by active checks
+        self.passes = 0
+        self.fails = 0
+
+
+class Health:
+    def __init__(self) -> None:
+        self.endpoints: dict[str, _Endpoint] = {}
+        self.down: set[str] = set()
+
+    def _of(self, address: str) -> _Endpoint:
+        state = self.endpoints.get(address)
+        if state is None:
+            state = self.endpoints[address] = _Endpoint()
+        return state
+
+    def status(self, address: str) -> str:
+        state = self.endpoints.get(address)
+        if state is None:
+            return "up"
+        if state.unhealthy:
+            return "failing checks"
+        return "ejected" if state.ejected_until else "up"
+
+    def success(self, address: str) -> None:
+        state = self.endpoints.get(address)
+        if state is not None:
+            state.failures = 0
+
+    def failure(self, address: str, siblings: Iterable[str], outlier: Outlier, now: float) -> bool:
+        """Count a failed request; True if this ejected the endpoint."""
+        state = self._of(address)
+        state.failures += 1
+        if state.ejected_until or state.failures < outlier.consecutive_failures:
+            return False
+        siblings = list(siblings)
+        out = sum(1 for other in siblings if other != address and self.endpoints.get(other) is not None
+                  and self.endpoints[other].ejected_until)
+        if out and (out + 1) * 100 > outlier.max_ejection_percent * len(siblings):
+            return False
+        state.ejections += 1
+        state.ejected_until = now + outlier.base_ejection * state.ejections
+        state.failures = 0
+        self.down.add(address)
+        log.warning("ejected %s for %gs after %d failures in a row", address,
+                    outlier.base_ejection * state.ejections, outlier.consecutive_failures)
+        return True
+
+    def checked(self, address: str, ok: bool, check: HealthCheck) -> None:
+        """One active check's result."""
+        state = self._of(address)
+        if ok:
+            state.passes, state.fails = state.passes + 1, 0
+            if state.unhealthy and state.passes >= check.healthy:
+                state.unhealthy = False
+                log.info("%s passes its health checks again", address)
+                self._refresh(address, state)
+        else:
+            state.fails, state.passes = state.fails + 1, 0
+            if not state.unhealthy and state.fails >= check.unhealthy:
+                state.unhealthy = True
+                log.warning("%s fails its health checks: out of rotation", address)
+                self._refresh(address, state)
+
+    def tick(self, now: float) -> None:
+        """Ejections that have run out end here."""
+        for address in list(self.down):
+            state = self.endpoints[address]
+            if state.ejected_until and state.ejected_until <= now:
+                state.ejected_until = 0.0
+                self._refresh(address, state)
+
+    def _refresh(self, address: str, state: _Endpoint) -> None:
+        if state.unhealthy or state.ejected_until:
+            self.down.add(address)
+        else:
+            self.down.discard(address)
+
+
+class RetryBudget:
+    """Retries in flight may be at most ``percent`` % of the requests in flight (and always three),
+    as Envoy's retry budget: one bad endpoint among three needs a retry for every third request and
+    gets it, while a whole version failing under load cannot double the load by retrying."""
+
+    def __init__(self) -> None:
+        self.retries = 0  # retried requests not finished yet
+
+    def allow(self, percent: int, in_flight: int) -> bool:
+        if self.retries >= max(3, in_flight * percent // 100):
+            return False
+        self.retries += 1
+        return True
+
+    def finished(self, retries: int) -> None:
+        self.retries -= retries
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    address: str
+    url: str
+    check: HealthCheck
+    context: ssl.SSLContext | None
+    server_name: str | None
+
+
+class Checker:
+    """Runs the active checks of the current snapshot, one task per endpoint."""
+
+    def __init__(self, health: Health) -> None:
+        self.health = health
+        self.tasks: dict[Probe, asyncio.Task[None]] = {}
+        self.session: aiohttp.ClientSession | None = None
+
+    def update(self, probes: Iterable[Probe]) -> None:
+        wanted = set(probes)
+        for probe in list(self.tasks):
+            if probe not in wanted:
+                self.tasks.pop(probe).cancel()
+        for probe in wanted - set(self.tasks):
+            self.tasks[probe] = asyncio.get_running_loop().create_task(self._run(probe))
+
+    async def _run(self, probe: Probe) -> None:
+        if self.session is None:
+            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+        timeout = aiohttp.ClientTimeout(total=probe.check.timeout)
+        while True:
+            try:
+                async with self.session.get(probe.url, timeout=timeout, ssl=probe.context or False,
+                                            server_hostname=probe.server_name, allow_redirects=False) as response:
+                    ok = 200 <= response.status < 400
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                ok = False
+            self.health.checked(probe.address, ok, probe.check)
+            await asyncio.sleep(probe.check.interval)
+
+    async def close(self) -> None:
+        for task in self.tasks.values():
+            task.cancel()
+        self.tasks.clear()
+        if self.session is not None:
+            await self.session.close()
