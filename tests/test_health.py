@@ -113,8 +113,8 @@ async def test_retries_never_resend_a_request_with_a_body(upstreams, proxy) -> N
     good = await upstreams("v1")
     worker = await proxy({"s": {"versions": {"v1": [f"127.0.0.1:{bad.port}", good.address]}, "version": "v1",
                                 "retries": {"attempts": 2, "on_status": [503]}}})
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"http://127.0.0.1:{worker.port}/", data=b"pay once") as response:
-            assert response.status == 503  # the answer is passed on; the POST is not sent twice
+    async with aiohttp.ClientSession() as session, \
+            session.post(f"http://127.0.0.1:{worker.port}/", data=b"pay once") as response:
+        assert response.status == 503  # the answer is passed on; the POST is not sent twice
     assert bad_seen == ["/"] and good.seen == []
     await bad.close()
