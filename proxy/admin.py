@@ -44,17 +44,22 @@ __all__ = ["AdminBackend", "load_token", "make_app"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+CONVERGE_TIMEOUT = 10.0  # how long a change waits for every worker to serve it
+
 
 class AdminBackend(Protocol):
-    """What the admin API reads. One worker in-process now; a supervisor over several workers later."""
+    """What the admin API reads: one worker in this process (``Worker``) or a supervisor's workers
+    (``Fleet``)."""
 
     def routing_state(self) -> RoutingState: ...
 
-    def snapshots(self) -> list[dict[str, Any]]: ...
+    async def collect(self) -> list[dict[str, Any]]:
+        """A fresh snapshot of each worker: counters, generation, endpoint health."""
+
+    async def converge(self, generation: int, timeout: float) -> list[dict[str, Any]]:
+        """Wait until every worker serves ``generation``; per worker, where it is."""
 
     def ready(self) -> bool: ...
-
-    def endpoint_health(self) -> dict[str, str]: ...
 
 
 def load_token(admin: Admin, source: str) -> str:
@@ -104,11 +109,12 @@ def make_app(backend: AdminBackend, token: str, control: Control | None = None) 
 
     async def state(request: web.Request) -> web.Response:
         current = backend.routing_state()
-        view = describe(current, backend.snapshots(), backend.endpoint_health())
+        view = describe(current, await backend.collect())
         return web.json_response(view, headers={"ETag": f'"{current.generation}"'})
 
     async def prometheus(request: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(backend.snapshots()), headers={"Content-Type": metrics.CONTENT_TYPE})
+        return web.Response(body=metrics.render(await backend.collect()),
+                            headers={"Content-Type": metrics.CONTENT_TYPE})
 
     async def ready(request: web.Request) -> web.Response:
         if backend.ready():
@@ -157,43 +163,48 @@ def _add_changes(app: web.Application, control: Control, backend: AdminBackend) 
             raise ChangeError(400, f"If-Match must be a generation number, got {value!r}", "If-Match")
         return int(cleaned)
 
-    def changed(entry: Entry) -> web.Response:
-        return web.json_response(entry.summary(), headers={"ETag": f'"{entry.generation}"'})
+    async def changed(entry: Entry) -> web.Response:
+        """Answer once every worker serves the new generation, or say which did not in time."""
+        workers = await backend.converge(entry.generation, CONVERGE_TIMEOUT)
+        return web.json_response({**entry.summary(), "workers": workers,
+                                  "converged": all(w["converged"] for w in workers)},
+                                 headers={"ETag": f'"{entry.generation}"'})
 
     def actor(request: web.Request) -> str:
         return request.headers.get("X-Turnout-Actor", "admin-api")[:100]
 
-    def apply(request: web.Request, what: str, make: Callable[[Any, overlay.Overlay], overlay.Overlay]) -> web.Response:
+    async def apply(request: web.Request, what: str,
+                    make: Callable[[Any, overlay.Overlay], overlay.Overlay]) -> web.Response:
         """Apply a change, or with ``?dry_run=true`` only say which sticky users it would move."""
         if request.query.get("dry_run", "").lower() in ("1", "true", "yes"):
             current = backend.routing_state()
             after = routing.build(control.preview(make), current)
             return web.json_response({"dry_run": True, "generation": current.generation, "what": what,
                                       "splits": explain.moves(current, after)})
-        return changed(control.change(actor(request), what, make, if_match(request)))
+        return await changed(control.change(actor(request), what, make, if_match(request)))
 
     async def weights(request: web.Request) -> web.Response:
         service, rule = request.match_info["service"], request.match_info["rule"]
         given = field(await body(request), "weights", dict, "an object of version: integer weight")
         what = f"weights of {service}/{rule}: " + ", ".join(f"{k}={v}" for k, v in given.items())
-        return apply(request, what, lambda doc, old: overlay.set_weights(doc, old, service, rule, given))
+        return await apply(request, what, lambda doc, old: overlay.set_weights(doc, old, service, rule, given))
 
     async def rules(request: web.Request) -> web.Response:
         service = request.match_info["service"]
         given = field(await body(request), "rules", list, "a list of rules, as in the config file")
-        return apply(request, f"rules of {service}",
+        return await apply(request, f"rules of {service}",
                      lambda doc, old: overlay.replace_rules(doc, old, service, given))
 
     async def version(request: web.Request) -> web.Response:
         service, name = request.match_info["service"], request.match_info["version"]
         data = await body(request)
         field(data, "endpoints", list, "a list of host:port or https://host:port")
-        return apply(request, f"endpoints of {service}/{name}",
+        return await apply(request, f"endpoints of {service}/{name}",
                      lambda doc, old: overlay.set_version(doc, old, service, name, data))
 
     async def rollback(request: web.Request) -> web.Response:
         generation = field(await body(request), "generation", int, "a generation number")
-        return changed(control.rollback(actor(request), generation, if_match(request)))
+        return await changed(control.rollback(actor(request), generation, if_match(request)))
 
     async def explain_route(request: web.Request) -> web.Response:
         data = await body(request)
@@ -244,10 +255,15 @@ def _add_changes(app: web.Application, control: Control, backend: AdminBackend) 
 # ----------------------------------------------------------------------------------------------- views
 
 
-def describe(state: RoutingState, snapshots: list[dict[str, Any]],
-             health: dict[str, str] | None = None) -> dict[str, Any]:
+def describe(state: RoutingState, snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     """The routing state in the config's own vocabulary, plus what only the running proxy knows: the
-    generation each worker serves and how many buckets each version owns."""
+    generation each worker serves, how many buckets each version owns, and endpoint health (an
+    endpoint any worker holds out counts as out)."""
+    health: dict[str, str] = {}
+    for snapshot in snapshots:
+        for address, status in snapshot.get("health", {}).items():
+            if status != "up":
+                health[address] = status
     services = {}
     for service in state.config.services:
         route = state.services[service.name]
@@ -267,14 +283,15 @@ def describe(state: RoutingState, snapshots: list[dict[str, Any]],
             "hosts": list(service.hosts),
             "path_prefix": service.path_prefix,
             "versions": {v.name: {"endpoints": [str(e) for e in v.endpoints],
-                                  "health": {target.address: (health or {}).get(target.address, "up")
+                                  "health": {target.address: health.get(target.address, "up")
                                              for target in route.versions[v.name].endpoints}}
                          for v in service.versions},
             "rules": rules,
         }
     return {
         "generation": state.generation,
-        "workers": [{"generation": s["generation"], "connections": s["connections"]} for s in snapshots],
+        "workers": [{"pid": s.get("pid"), "generation": s["generation"], "connections": s["connections"]}
+                    for s in snapshots],
         "services": services,
     }
 

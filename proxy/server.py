@@ -1,38 +1,33 @@
-"""Process level: the listening socket, signals, and one or several worker processes.
+"""Process level: the listening sockets, signals, the admin API, and one or several worker processes.
 
-With one worker, the process serves directly. With ``--workers N`` a supervisor opens the socket,
-forks N workers that all accept on it, and stays out of the data path: on SIGHUP it reads and validates
-the file once and sends the same text to every worker (so all of them rebalance their bucket tables
-from the same input); on SIGTERM it forwards the signal and waits for every worker's graceful drain.
+With one worker, the process serves directly and the admin API acts on it. With ``--workers N`` this
+process becomes a supervisor: it opens the sockets, starts N worker processes that accept on them
+(``fleet``), serves the admin API for all of them, and stays out of the data path.
 
 Signals, for both modes:
-- SIGHUP: re-read the config; a bad file is refused with one log line and the old snapshot serves on.
-- SIGTERM / SIGINT: graceful shutdown (``Worker.shutdown``), exit 0.
+- SIGHUP: re-read the config file (with the admin overlay on top); a bad file is refused with one log
+  line and the old snapshot serves on.
+- SIGTERM / SIGINT: graceful shutdown (``Worker.shutdown`` in every worker), exit 0.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import uvloop
 from aiohttp import web
 
-from . import admin, routing
-from . import config as config_module
-from . import control as control_module
+from . import admin
 from .config import Config, ConfigError
 from .control import Control, Tables
+from .fleet import Fleet
 from .overlay import ChangeError
 from .routing import RoutingState
 from .worker import Worker, listen_socket
@@ -68,10 +63,9 @@ def serve(config_path: str, workers: int = 1) -> int:
         log.info("serving with %d worker(s), generation %d", workers, control.generation)
         if workers <= 1:
             uvloop.run(_serve_one(config, control, sockets, token))
-            return 0
-        if config.admin is not None:
-            log.warning("the admin API is not served with --workers > 1 yet; run one worker to use it")
-        return _supervise(config, document, control, sockets, workers)
+        else:
+            uvloop.run(_supervise(config, document, control, sockets, workers, token))
+        return 0
     finally:
         if demo is not None:
             demo.terminate()
@@ -105,37 +99,11 @@ async def _serve_one(config: Config, control: Control, sockets: dict[str, socket
         worker.stats.reloads_ok += 1
         log.info("reloaded %s: generation %d", control.config_path, worker.state.generation)
 
-    await _run_worker(worker, sockets, reload_file, None, token, control)
-
-
-async def _run_worker(worker: Worker, sockets: dict[str, socket.socket], on_hup: Callable[[], None],
-                      pipe: int | None, token: str | None, control: Control | None) -> None:
-    """A worker's life: serve, take new configs (SIGHUP, or the supervisor's pipe), drain on TERM."""
     loop = asyncio.get_running_loop()
     await worker.start(sockets)
     admin_runner = await _start_admin(worker, worker.config, token, control) if token is not None else None
     stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
-    if pipe is not None:
-        reader = _FrameReader(pipe)
-
-        def on_message() -> None:
-            for text in reader.read():
-                if text is None:  # the supervisor is gone: nobody to answer to
-                    stop.set()
-                    return
-                message = json.loads(text)
-                tables = control_module.decode_tables(message["tables"]) if message["tables"] else None
-                try:
-                    worker.apply(config_module.from_document(message["document"], worker.config.source), tables)
-                except ConfigError as exc:  # a certificate file changed since the supervisor checked it
-                    worker.stats.reloads_failed += 1
-                    log.error("worker %d refused the new config: %s", os.getpid(), exc)
-                    continue
-                worker.stats.reloads_ok += 1
-                log.info("worker %d applied generation %d", os.getpid(), worker.state.generation)
-
-        loop.add_reader(pipe, on_message)
+    loop.add_signal_handler(signal.SIGHUP, reload_file)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     await stop.wait()
@@ -146,9 +114,9 @@ async def _run_worker(worker: Worker, sockets: dict[str, socket.socket], on_hup:
     log.info("stopped")
 
 
-async def _start_admin(worker: Worker, config: Config, token: str, control: Control | None) -> web.AppRunner:
+async def _start_admin(backend: admin.AdminBackend, config: Config, token: str, control: Control) -> web.AppRunner:
     assert config.admin is not None
-    runner = web.AppRunner(admin.make_app(worker, token, control), access_log=None)
+    runner = web.AppRunner(admin.make_app(backend, token, control), access_log=None)
     await runner.setup()
     listen = config.admin.listen
     sock = socket.create_server((listen.host, listen.port))
@@ -162,106 +130,39 @@ async def _start_admin(worker: Worker, config: Config, token: str, control: Cont
 # ----------------------------------------------------------------------------------------------- supervisor
 
 
-def _supervise(config: Config, document: Any, control: Control, sockets: dict[str, socket.socket],
-               count: int) -> int:
-    """Fork ``count`` workers and feed them every new effective config. The supervisor keeps a mirror
-    snapshot (the same pure build the workers run), so generations and bucket tables are tracked here
-    and persisted, and a replaced worker starts from exactly the tables its siblings hold."""
-    handled = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
-    signal.pthread_sigmask(signal.SIG_BLOCK, handled)
-    children: dict[int, int] = {}  # pid -> write end of its pipe
-    document_now = document  # what a worker started now must serve
-    mirror = routing.build(config, generation=control.generation, tables=control.tables)
+async def _supervise(config: Config, document: Any, control: Control, sockets: dict[str, socket.socket],
+                     count: int, token: str | None) -> None:
+    """Start ``count`` worker processes on the shared sockets and stay out of the data path: reload on
+    SIGHUP, serve the admin API for the whole fleet, and drain every worker on SIGTERM."""
+    fleet = Fleet(sockets, count)
+    control.booted(fleet.boot(config, document, control.generation, control.tables))
+    control.apply = fleet.apply
+    await fleet.start()
+    admin_runner = await _start_admin(fleet, config, token, control) if token is not None else None
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
 
-    def apply(new: Config, new_document: Any, tables: Tables | None) -> RoutingState:
-        nonlocal mirror, document_now
-        mirror = routing.build(new, mirror, tables=tables)
-        document_now = new_document
-        message = json.dumps({"document": new_document,
-                              "tables": control_module.encode_tables(tables) if tables else None}).encode()
-        frame = struct.pack("!I", len(message)) + message
-        for fd in children.values():
-            os.write(fd, frame)
-        return mirror
-
-    control.apply = apply
-    control.booted(mirror)
-
-    def spawn() -> None:
-        read_end, write_end = os.pipe()
-        generation, tables = control.generation, control.tables
-        pid = os.fork()
-        if pid == 0:  # the worker
-            os.close(write_end)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
-            code = 0
-            try:
-                config_now = config_module.from_document(document_now, str(control.config_path))
-                worker = Worker(config_now, generation, tables)
-                uvloop.run(_run_worker(worker, sockets, lambda: None, read_end, None, None))
-            except BaseException:
-                log.exception("worker crashed")
-                code = 1
-            os._exit(code)
-        os.close(read_end)
-        children[pid] = write_end
-
-    for _ in range(count):
-        spawn()
-    stopping = False
-    while children:
-        info = signal.sigwaitinfo(handled)
-        if info.si_signo == signal.SIGHUP and not stopping:
-            try:
-                control.reload_file()
-            except ChangeError as exc:
-                log.error("reload refused, workers keep generation %d: %s: %s: %s", control.generation,
-                          control.config_path, exc.field, exc.message)
-                continue
-            log.info("reloaded %s: generation %d sent to %d workers", control.config_path, control.generation,
-                     len(children))
-        elif info.si_signo in (signal.SIGTERM, signal.SIGINT) and not stopping:
-            stopping = True
-            for sock in sockets.values():
-                sock.close()  # our copy: once the workers close theirs, the ports stop accepting
-            for pid in children:
-                os.kill(pid, signal.SIGTERM)
-        elif info.si_signo == signal.SIGCHLD:
-            for pid in list(children):  # only our workers: the demo upstreams are a child too
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done == 0:
-                    continue
-                os.close(children.pop(pid))
-                if not stopping:
-                    log.error("worker %d exited (status %d); starting a new one", pid, status)
-                    spawn()
-    return 0
-
-
-class _FrameReader:
-    """Length-prefixed config texts from the supervisor's pipe."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.buffer = b""
-        os.set_blocking(fd, False)
-
-    def read(self) -> list[str | None]:
+    def reload_file() -> None:
         try:
-            data = os.read(self.fd, 1 << 20)
-        except BlockingIOError:
-            return []
-        if not data:
-            return [None]
-        self.buffer += data
-        texts: list[str | None] = []
-        while len(self.buffer) >= 4:
-            (size,) = struct.unpack("!I", self.buffer[:4])
-            if len(self.buffer) < 4 + size:
-                break
-            texts.append(self.buffer[4 : 4 + size].decode())
-            self.buffer = self.buffer[4 + size :]
-        return texts
+            control.reload_file()
+        except ChangeError as exc:
+            log.error("reload refused, workers keep generation %d: %s: %s: %s", control.generation,
+                      control.config_path, exc.field, exc.message)
+            return
+        log.info("reloaded %s: generation %d sent to %d workers", control.config_path, control.generation,
+                 len(fleet.members))
+
+    loop.add_signal_handler(signal.SIGHUP, reload_file)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining %d workers", len(fleet.members))
+    await fleet.stop()
+    for sock in sockets.values():
+        sock.close()
+    if admin_runner is not None:
+        await admin_runner.cleanup()
+    log.info("stopped")
 
 
 def start_demo(config: Config) -> subprocess.Popen[bytes] | None:

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import gc
 import logging
+import os
 import random
 import socket
 from collections.abc import Coroutine
@@ -155,14 +156,20 @@ class Worker:
     def routing_state(self) -> routing.RoutingState:
         return self.state
 
-    def snapshots(self) -> list[dict[str, Any]]:
-        return [self.stats.snapshot(self.state.generation, len(self.downstreams))]
+    def snapshot(self) -> dict[str, Any]:
+        """This worker's numbers and endpoint health, as plain data."""
+        return {**self.stats.snapshot(self.state.generation, len(self.downstreams)), "pid": os.getpid(),
+                "health": {address: self.health.status(address) for address in self.health.endpoints}}
+
+    async def collect(self) -> list[dict[str, Any]]:
+        return [self.snapshot()]
+
+    async def converge(self, generation: int, timeout: float) -> list[dict[str, Any]]:
+        return [{"worker": 0, "pid": os.getpid(), "generation": self.state.generation,
+                 "converged": self.state.generation >= generation}]
 
     def ready(self) -> bool:
         return not self.draining
-
-    def endpoint_health(self) -> dict[str, str]:
-        return {address: self.health.status(address) for address in self.health.endpoints}
 
     def _probes(self) -> list[Probe]:
         """The active checks the current snapshot asks for (one per endpoint of versions with health)."""

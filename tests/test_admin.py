@@ -83,7 +83,7 @@ async def test_state_view(upstreams, proxy, admin_server) -> None:
     async with aiohttp.ClientSession() as session, session.get(base + "/v1/state", headers=bearer()) as response:
         state = await response.json()
     assert state["generation"] == 1
-    assert state["workers"] == [{"generation": 1, "connections": 0}]
+    assert state["workers"] == [{"pid": os.getpid(), "generation": 1, "connections": 0}]
     shop = state["services"]["shop"]
     assert shop["hosts"] == ["shop.test", "*.shop.test"]
     assert shop["versions"] == {"v1": {"endpoints": [v1.address], "health": {v1.address: "up"}},
