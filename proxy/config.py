@@ -17,6 +17,7 @@ from typing import Any, Literal, cast
 import yaml
 
 __all__ = [
+    "AccessLog",
     "Admin",
     "Certificate",
     "Condition",
@@ -224,6 +225,13 @@ class Admin:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessLog:
+    path: str  # absolute, or "-" for standard error
+    buffer_bytes: int = 65_536
+    flush_interval: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class DemoApp:
     version: str
     listen: Endpoint
@@ -237,6 +245,7 @@ class Config:
     services: tuple[Service, ...]
     demo: tuple[DemoApp, ...] = field(default=())
     admin: Admin | None = None
+    access_log: AccessLog | None = None
 
 
 # ----------------------------------------------------------------------------------------------- parsing
@@ -374,7 +383,7 @@ class _Parser:
     # -- the document
 
     def config(self, raw: Any) -> Config:
-        top = self.mapping(raw, "", {"listen", "listeners", "limits", "services", "demo", "admin"})
+        top = self.mapping(raw, "", {"listen", "listeners", "limits", "services", "demo", "admin", "access_log"})
         listeners = self.listeners(top)
         limits = self.limits(top.get("limits"), "limits")
         services_raw = self.mapping(top.get("services"), "services")
@@ -386,7 +395,17 @@ class _Parser:
         self.check_unique_routes(services)
         demo = self.demo(top.get("demo"), "demo")
         admin = self.admin(top["admin"], "admin") if "admin" in top else None
-        return Config(self.source, listeners, limits, services, demo, admin)
+        access_log = self.access_log(top["access_log"], "access_log") if "access_log" in top else None
+        return Config(self.source, listeners, limits, services, demo, admin, access_log)
+
+    def access_log(self, raw: Any, path: str) -> AccessLog:
+        body = self.mapping(raw, path, {"path", "buffer_bytes", "flush_interval"})
+        target = self.string(body.get("path"), _join(path, "path"))
+        return AccessLog(
+            target if target == "-" else self.file(target, _join(path, "path")),
+            self.integer(body.get("buffer_bytes", 65_536), _join(path, "buffer_bytes"), 0, 1 << 26),
+            self.duration(body.get("flush_interval", 1.0), _join(path, "flush_interval")),
+        )
 
     def admin(self, raw: Any, path: str) -> Admin:
         body = self.mapping(raw, path, {"listen", "token_file", "token_env"})

@@ -327,7 +327,7 @@ class Downstream(asyncio.Protocol):
         if forward_upgrade:
             out += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n")
         out.append(b"\r\n")
-        return Exchange(
+        exchange = Exchange(
             self,
             head=b"".join(out),
             target=endpoint,
@@ -343,6 +343,11 @@ class Downstream(asyncio.Protocol):
             stats=stats,
             route=decision.version,
         )
+        if worker.access_log is not None:
+            exchange.log_fields = {"service": service.name, "version": decision.version.name, "rule": decision.rule,
+                                   "bucket": decision.bucket, "method": method_text, "path": path_text,
+                                   "generation": state.generation}
+        return exchange
 
     def end_to_end(self, tokens: set[bytes], skip: bytes = b"") -> list[bytes]:
         """The request's end-to-end header lines, without those named in Connection (and ``skip``)."""

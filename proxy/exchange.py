@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import ssl
 from time import monotonic
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .http1 import CRLF, HOP_BY_HOP, LAST_CHUNK, PLAIN_TOKENS, chunk, connection_tokens, local_response, status_line
 
@@ -58,6 +58,7 @@ class Exchange:
         "head_request",
         "http11",
         "local",
+        "log_fields",
         "pending",
         "pending_bytes",
         "request_done",
@@ -67,6 +68,7 @@ class Exchange:
         "retryable",
         "reused",
         "route",
+        "sent",
         "set_cookie",
         "started",
         "stats",
@@ -105,6 +107,8 @@ class Exchange:
         self.tried: set[str] = set()
         self.attempts = 0
         self.discarding = False  # a retryable error answer is being read and dropped
+        self.sent = 0  # response body bytes passed to the client
+        self.log_fields: dict[str, Any] | None = None  # set only when the access log is on
         self.conn: UpstreamConnection | None = None
         self.pending: list[bytes] = []
         self.pending_bytes = 0
@@ -253,8 +257,15 @@ class Exchange:
             self.down.exchange_finished(self)
 
     def count(self) -> None:
+        worker = self.down.worker
         if self.attempts:
-            self.down.worker.budget.finished(self.attempts)
+            worker.budget.finished(self.attempts)
+        if self.log_fields is not None and worker.access_log is not None:
+            worker.access_log.record({
+                **self.log_fields, "status": self.status, "bytes": self.sent,
+                "duration_ms": round((monotonic() - self.born) * 1000, 3),
+                "upstream": self.target.address if self.target is not None else None,
+            })
         stats = self.stats
         if stats is not None:
             stats.record(self.status, monotonic() - self.born)
@@ -391,6 +402,7 @@ class Exchange:
     def response_body(self, data: bytes) -> None:
         if self.discarding:
             return
+        self.sent += len(data)
         if self.framing == CHUNKED:
             self.down.out.extend(chunk(data))
         elif self.framing != NO_BODY:

@@ -19,6 +19,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from . import routing, tls
+from .accesslog import AccessLogWriter
 from .config import Config, Listener
 from .downstream import Downstream
 from .health import Checker, Health, Probe, RetryBudget
@@ -65,6 +66,7 @@ class Worker:
         self.health = Health()
         self.budget = RetryBudget()
         self.checker = Checker(self.health)
+        self.access_log = AccessLogWriter(config.access_log) if config.access_log is not None else None
         self.version_stats = self._count_versions(self.state)
         # Snapshots are large and long-lived (bucket tables); moving them out of the collector's
         # view keeps full collections, which the per-request garbage triggers, short.
@@ -198,6 +200,8 @@ class Worker:
     def tick(self, now: float) -> None:
         self.now = now
         self.health.tick(now)
+        if self.access_log is not None:
+            self.access_log.tick(now)
         for down in list(self.downstreams):
             if down.deadline <= now:
                 down.expire(now)
@@ -233,6 +237,8 @@ class Worker:
         if self._sweeper is not None:
             self._sweeper.cancel()
         await self.checker.close()
+        if self.access_log is not None:
+            self.access_log.close()
 
     async def close(self) -> None:
         """Immediate stop (tests): no grace, abort everything."""
@@ -248,6 +254,8 @@ class Worker:
         if self._sweeper is not None:
             self._sweeper.cancel()
         await self.checker.close()
+        if self.access_log is not None:
+            self.access_log.close()
 
 
 def _sockets_of(config: Config) -> list[tuple[str, object, str]]:

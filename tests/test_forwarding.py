@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 
 import aiohttp
 import pytest
@@ -316,3 +317,24 @@ async def test_pool_limit_queues_requests_and_bounds_the_wait(upstreams, proxy) 
         assert len({entry["peer_port"] for entry in up.seen}) == 1
         slow, starved = await asyncio.gather(a.get(url + "?s=1.5"), b.get(url + "?s=0"))
         assert (slow.status, starved.status) == (200, 503)
+
+
+async def test_access_log_lines(upstreams, proxy, tmp_path) -> None:
+    v1, v2 = await upstreams("v1"), await upstreams("v2")
+    log_path = tmp_path / "access.log"
+    worker = await proxy({"s": service({"v1": [v1.address], "v2": [v2.address]}, split={"v1": 1, "v2": 1},
+                                       sticky={"header": "x-user"})},
+                         access_log={"path": str(log_path), "buffer_bytes": 0})
+    async with aiohttp.ClientSession() as session:
+        for user in ("ann", "bob"):
+            async with session.get(f"http://127.0.0.1:{worker.port}/p?q=1", headers={"X-User": user}) as response:
+                body = await response.read()
+                version = response.headers["X-Version"]
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert len(lines) == 2
+    last = lines[-1]
+    assert {k: last[k] for k in ("service", "version", "rule", "method", "path", "status", "bytes", "generation")} \
+        == {"service": "s", "version": version, "rule": "default", "method": "GET", "path": "/p", "status": 200,
+            "bytes": len(body), "generation": 1}
+    assert 0 <= last["bucket"] < 10_000 and last["duration_ms"] > 0 and last["upstream"] in (v1.address, v2.address)
+    assert last["time"].endswith("Z")
