@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from . import explain, metrics, overlay, routing
+from . import explain, metrics, openapi, overlay, routing
 from .config import Admin, Condition, ConfigError, Match, Sticky
 from .control import Control, Entry
 from .overlay import ChangeError
@@ -127,7 +127,11 @@ def make_app(backend: AdminBackend, token: str, control: Control | None = None) 
     app = web.Application(middlewares=[guard])
     if control is not None:
         _add_changes(app, control, backend)
+    async def document(request: web.Request) -> web.Response:
+        return web.json_response(openapi.DOCUMENT)
+
     app.router.add_get("/v1/state", state)
+    app.router.add_get("/v1/openapi.json", document)
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/ready", ready)
     app.router.add_get("/live", live)
@@ -138,21 +142,23 @@ def make_app(backend: AdminBackend, token: str, control: Control | None = None) 
 
 
 def _add_changes(app: web.Application, control: Control, backend: AdminBackend) -> None:
-    async def body(request: web.Request) -> dict[str, Any]:
+    validators = {name: openapi.validator(name) for name in ("Weights", "Rules", "Version", "Rollback", "Explain")}
+
+    async def body(request: web.Request, schema: str) -> dict[str, Any]:
+        """The JSON body, checked against the schema the OpenAPI document publishes for it."""
         try:
             data = await request.json()
         except ValueError:
             raise ChangeError(400, "the body must be JSON", "body") from None
         if not isinstance(data, dict):
             raise ChangeError(400, "the body must be a JSON object", "body")
+        problem = next(iter(sorted(validators[schema].iter_errors(data), key=lambda e: list(e.absolute_path))), None)
+        if problem is not None:
+            where = ".".join(str(part) for part in problem.absolute_path)
+            if problem.validator == "required":
+                where = ".".join([where, *(k for k in problem.validator_value if k not in problem.instance)]).strip(".")
+            raise ChangeError(422, problem.message, where or "body")
         return data
-
-    def field(data: dict[str, Any], name: str, kind: type, what: str) -> Any:
-        if name not in data:
-            raise ChangeError(422, f"'{name}' is required: {what}", name)
-        if not isinstance(data[name], kind) or isinstance(data[name], bool):
-            raise ChangeError(422, f"'{name}' must be {what}", name)
-        return data[name]
 
     def if_match(request: web.Request) -> int | None:
         value = request.headers.get("If-Match")
@@ -185,34 +191,30 @@ def _add_changes(app: web.Application, control: Control, backend: AdminBackend) 
 
     async def weights(request: web.Request) -> web.Response:
         service, rule = request.match_info["service"], request.match_info["rule"]
-        given = field(await body(request), "weights", dict, "an object of version: integer weight")
+        given = (await body(request, "Weights"))["weights"]
         what = f"weights of {service}/{rule}: " + ", ".join(f"{k}={v}" for k, v in given.items())
         return await apply(request, what, lambda doc, old: overlay.set_weights(doc, old, service, rule, given))
 
     async def rules(request: web.Request) -> web.Response:
         service = request.match_info["service"]
-        given = field(await body(request), "rules", list, "a list of rules, as in the config file")
+        given = (await body(request, "Rules"))["rules"]
         return await apply(request, f"rules of {service}",
                      lambda doc, old: overlay.replace_rules(doc, old, service, given))
 
     async def version(request: web.Request) -> web.Response:
         service, name = request.match_info["service"], request.match_info["version"]
-        data = await body(request)
-        field(data, "endpoints", list, "a list of host:port or https://host:port")
+        data = await body(request, "Version")
         return await apply(request, f"endpoints of {service}/{name}",
                      lambda doc, old: overlay.set_version(doc, old, service, name, data))
 
     async def rollback(request: web.Request) -> web.Response:
-        generation = field(await body(request), "generation", int, "a generation number")
+        generation = (await body(request, "Rollback"))["generation"]
         return await changed(control.rollback(actor(request), generation, if_match(request)))
 
     async def explain_route(request: web.Request) -> web.Response:
-        data = await body(request)
-        headers = {str(k).lower(): str(v) for k, v in field(data, "headers", dict, "an object").items()} \
-            if "headers" in data else {}
-        cookies = data.get("cookies") or {}
-        if not isinstance(cookies, dict):
-            raise ChangeError(422, "'cookies' must be an object", "cookies")
+        data = await body(request, "Explain")
+        headers = {k.lower(): v for k, v in data.get("headers", {}).items()}
+        cookies = data.get("cookies", {})
         if cookies:
             headers["cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
         host = str(data.get("host") or headers.get("host", ""))

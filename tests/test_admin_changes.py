@@ -102,8 +102,10 @@ async def test_bad_changes_are_4xx_naming_the_field_and_change_nothing(upstreams
     weights = "/v1/services/shop/rules/default/weights"
     cases: list[tuple[str, str, Any, int, str]] = [
         ("PUT", weights, {"weights": {"v1": 50, "v9": 50}}, 422, "services.shop.rules[1].split.v9"),
-        ("PUT", weights, {"weights": {"v1": -1, "v2": 1}}, 422, "services.shop.rules[1].split.v1"),
-        ("PUT", weights, {"weights": {"v1": "half"}}, 422, "services.shop.rules[1].split.v1"),
+        ("PUT", weights, {"weights": {"v1": -1, "v2": 1}}, 422, "weights.v1"),
+        ("PUT", weights, {"weights": {"v1": "half"}}, 422, "weights.v1"),
+        ("PUT", weights, {"weights": {"v1": 1}, "extra": 1}, 422, "body"),
+        ("PUT", weights, {"weights": {"v1": 10**10, "v2": 1}}, 422, "services.shop.rules[1].split.v1"),
         ("PUT", weights, {"weights": {"v1": 0, "v2": 0}}, 422, "services.shop.rules[1].split"),
         ("PUT", weights, {"weights": [90, 10]}, 422, "weights"),
         ("PUT", weights, {}, 422, "weights"),
