@@ -285,8 +285,10 @@ def describe(state: RoutingState, snapshots: list[dict[str, Any]]) -> dict[str, 
             "hosts": list(service.hosts),
             "path_prefix": service.path_prefix,
             "versions": {v.name: {"endpoints": [str(e) for e in v.endpoints],
-                                  "health": {target.address: health.get(target.address, "up")
-                                             for target in route.versions[v.name].endpoints}}
+                                  "health": {**{target.address: health.get(target.address, "up")
+                                                for target in route.versions[v.name].endpoints},
+                                             **{target.address: "draining"
+                                                for target in route.versions[v.name].draining}}}
                          for v in service.versions},
             "rules": rules,
         }

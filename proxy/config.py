@@ -162,6 +162,7 @@ class Version:
     endpoints: tuple[Endpoint, ...]
     tls: UpstreamTls = UpstreamTls()
     health: HealthCheck | None = None
+    draining: frozenset[Endpoint] = frozenset()  # listed endpoints that take no new requests
 
 
 @dataclass(frozen=True, slots=True)
@@ -609,7 +610,7 @@ class _Parser:
             self.name(name, where, "version name")
             if isinstance(value, list):
                 value = {"endpoints": value}
-            entry = self.mapping(value, where, {"endpoints", "tls", "health"})
+            entry = self.mapping(value, where, {"endpoints", "tls", "health", "draining"})
             endpoints_raw = entry.get("endpoints")
             if not isinstance(endpoints_raw, list):
                 raise self.fail(_join(where, "endpoints"), "must be a list of host:port or https://host:port")
@@ -618,7 +619,16 @@ class _Parser:
             )
             tls = self.upstream_tls(entry["tls"], _join(where, "tls")) if "tls" in entry else UpstreamTls()
             health = self.health(entry["health"], _join(where, "health")) if "health" in entry else None
-            versions.append(Version(name, endpoints, tls, health))
+            draining_raw = entry.get("draining", [])
+            if not isinstance(draining_raw, list):
+                raise self.fail(_join(where, "draining"), "must be a list of endpoints of this version")
+            draining = set()
+            for i, item in enumerate(draining_raw):
+                endpoint = self.endpoint(item, f"{where}.draining[{i}]", schemes=True)
+                if endpoint not in endpoints:
+                    raise self.fail(f"{where}.draining[{i}]", f"{item!r} is not an endpoint of this version")
+                draining.add(endpoint)
+            versions.append(Version(name, endpoints, tls, health, frozenset(draining)))
         return tuple(versions)
 
     def rule(self, raw: Any, path: str, versions: list[str], index: int, last: bool) -> Rule:

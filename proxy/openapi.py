@@ -26,6 +26,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Version": {
         "type": "object", "required": ["endpoints"], "additionalProperties": False,
         "properties": {"endpoints": {"type": "array", "items": {"type": "string"}},
+                       "draining": {"type": "array", "items": {"type": "string"}},
                        "tls": {"type": "object"}, "health": {"type": "object"}},
     },
     "Rollback": {

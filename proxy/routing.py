@@ -25,7 +25,7 @@ from itertools import accumulate
 from urllib.parse import parse_qsl
 
 from . import buckets
-from .config import Condition, Config, Match, Outlier, Retries, Rule, Service, Split, Sticky
+from .config import Condition, Config, Endpoint, Match, Outlier, Retries, Rule, Service, Split, Sticky, Version
 from .hashing import Bucketer
 
 __all__ = ["Decision", "Request", "RoutingState", "Target", "build", "normalise_host"]
@@ -90,13 +90,15 @@ _NO_OUTLIER, _NO_RETRIES = Outlier(), Retries()
 class VersionRoute:
     """A version's endpoints in a snapshot, picked round-robin, with its service's failure policies."""
 
-    __slots__ = ("_next", "addresses", "endpoints", "name", "outlier", "retries", "service")
+    __slots__ = ("_next", "addresses", "draining", "endpoints", "name", "outlier", "retries", "service")
 
     def __init__(self, service: str, name: str, endpoints: tuple[Target, ...],
-                 outlier: Outlier = _NO_OUTLIER, retries: Retries = _NO_RETRIES) -> None:
+                 outlier: Outlier = _NO_OUTLIER, retries: Retries = _NO_RETRIES,
+                 draining: tuple[Target, ...] = ()) -> None:
         self.service = service
         self.name = name
-        self.endpoints = endpoints
+        self.endpoints = endpoints  # the ones that take new requests
+        self.draining = draining  # still listed, finishing what they have, taking nothing new
         self.addresses = tuple(target.address for target in endpoints)
         self.outlier = outlier
         self.retries = retries
@@ -332,9 +334,12 @@ def build(config: Config, previous: RoutingState | None = None, generation: int 
     for service in config.services:
         bucketer = Bucketer(service.salt)
         versions = {
-            v.name: VersionRoute(service.name, v.name, tuple(
-                Target(e.host, e.port, (service.name, v.name) if e.tls else None) for e in v.endpoints
-            ), service.outlier, service.retries)
+            v.name: VersionRoute(
+                service.name, v.name,
+                tuple(_target(service, v, e) for e in v.endpoints if e not in v.draining),
+                service.outlier, service.retries,
+                tuple(_target(service, v, e) for e in v.endpoints if e in v.draining),
+            )
             for v in service.versions
         }
         rules = tuple(
@@ -343,6 +348,10 @@ def build(config: Config, previous: RoutingState | None = None, generation: int 
         )
         services.append(ServiceRoute(service, versions, rules))
     return RoutingState(config, generation, tuple(services))
+
+
+def _target(service: Service, version: Version, endpoint: Endpoint) -> Target:
+    return Target(endpoint.host, endpoint.port, (service.name, version.name) if endpoint.tls else None)
 
 
 def _compile_rule(rule: Rule, versions: dict[str, VersionRoute], bucketer: Bucketer,

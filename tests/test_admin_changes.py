@@ -210,3 +210,31 @@ async def test_explain_and_dry_run(upstreams, spawn_proxy, tmp_path) -> None:
         status, state = await admin.call(session, "GET", "/v1/state")
         assert state["generation"] == 1  # a dry run changes nothing
         assert await versions(session, process.port, range(50)) == seen
+
+
+async def test_draining_an_endpoint_lets_it_finish_and_sends_it_nothing_new(upstreams, spawn_proxy, tmp_path) -> None:
+    a, b = await upstreams("v1"), await upstreams("v1")
+    process = spawn_proxy(yaml.safe_dump({
+        "listen": "127.0.0.1:0", "admin": {"listen": "127.0.0.1:0"},
+        "services": {"shop": service({"v1": [a.address, b.address]}, version="v1")},
+    }))
+    await wait_admin(process)
+    admin = Admin(process, tmp_path)
+    url = f"http://127.0.0.1:{process.port}"
+    async with aiohttp.ClientSession() as one, aiohttp.ClientSession() as two, aiohttp.ClientSession() as session:
+        slow = [asyncio.create_task(client.get(url + "/sleep?s=1")) for client in (one, two)]
+        await asyncio.sleep(0.3)
+        assert len(a.seen) == 1 and len(b.seen) == 1  # one slow request on each endpoint
+        status, body = await admin.call(session, "PUT", "/v1/services/shop/versions/v1",
+                                        {"endpoints": [a.address, b.address], "draining": [b.address]})
+        assert status == 200, body
+        assert [(await task).status for task in slow] == [200, 200]  # b finished what it had
+        for _ in range(20):
+            async with session.get(url + "/after") as response:
+                assert response.status == 200
+        assert len(b.seen) == 1 and len(a.seen) == 21  # and got nothing new
+        status, state = await admin.call(session, "GET", "/v1/state")
+        assert state["services"]["shop"]["versions"]["v1"]["health"] == {a.address: "up", b.address: "draining"}
+        status, bad = await admin.call(session, "PUT", "/v1/services/shop/versions/v1",
+                                       {"endpoints": [a.address], "draining": [b.address]})
+        assert status == 422 and bad["field"] == "services.shop.versions.v1.draining[0]"
