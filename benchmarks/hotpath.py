@@ -31,8 +31,9 @@ services:
       - {name: default, split: {v1: 90, v2: 10}, sticky: {header: x-user-id}}
 """
 
-RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Fri, 27 Nov 2026 15:00:00 GMT\r\n"
-            b"Content-Type: text/plain\r\nContent-Length: 100\r\nConnection: keep-alive\r\n\r\n" + b"x" * 100)
+def response(size: int) -> bytes:
+    return (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Fri, 27 Nov 2026 15:00:00 GMT\r\n"
+            b"Content-Type: text/plain\r\nContent-Length: %d\r\nConnection: keep-alive\r\n\r\n" % size + b"x" * size)
 
 
 class MemoryTransport:
@@ -61,7 +62,8 @@ class MemoryTransport:
     def write_eof(self) -> None: ...
 
 
-def run(requests: int) -> float:
+def run(requests: int, size: int = 100) -> float:
+    answer = response(size)
     worker = Worker(config_module.parse(CONFIG, "hotpath"))
     client = MemoryTransport()
     down = Downstream(worker, worker.listeners["http"])
@@ -81,7 +83,7 @@ def run(requests: int) -> float:
         down.data_received(heads[i % 1000])
         upstream = down.queue[0].conn
         assert upstream is not None
-        upstream.data_received(RESPONSE)
+        upstream.data_received(answer)
         if len(client.written) > 1000:
             client.written.clear()
     return (time.perf_counter() - started) / requests * 1e6
@@ -91,13 +93,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=200_000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--size", type=int, default=100, help="response body bytes")
     args = parser.parse_args()
     if args.profile:
         profile = cProfile.Profile()
-        profile.runcall(run, args.requests)
+        profile.runcall(run, args.requests, args.size)
         pstats.Stats(profile).sort_stats("tottime").print_stats(20)
     else:
-        print(f"{min(run(args.requests) for _ in range(3)):.2f} µs of Python per proxied request")
+        best = min(run(args.requests, args.size) for _ in range(3))
+        print(f"{best:.2f} µs of Python per proxied request ({args.size}-byte responses)")
 
 
 if __name__ == "__main__":

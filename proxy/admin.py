@@ -14,6 +14,7 @@ Routes so far (docs/admin-api.md):
     POST /v1/explain                                     which service, rule, bucket, version, endpoint
     ...?dry_run=true on the PUTs                         which sticky users a change would move
     POST /v1/rollback                                    {"generation": N}: a new generation equal to N
+    POST /v1/reload                                      re-read the config file and certificates (as SIGHUP)
     GET  /metrics                                        Prometheus text, all workers summed
     GET  /ready, /live                                   readiness (503 once draining), liveness
 
@@ -226,6 +227,10 @@ def _add_changes(app: web.Application, control: Control, backend: AdminBackend) 
                         str(data.get("client_ip", "127.0.0.1")))
         return web.json_response(explain.explain(backend.routing_state(), host, probe))
 
+    async def reload(request: web.Request) -> web.Response:
+        """SIGHUP by API: the config file (and its certificates) again, with the overlay on top."""
+        return await changed(control.reload_file(actor(request)))
+
     async def generations(request: web.Request) -> web.Response:
         return web.json_response({"current": control.generation,
                                   "generations": [entry.summary() for entry in reversed(control.history)]})
@@ -249,6 +254,7 @@ def _add_changes(app: web.Application, control: Control, backend: AdminBackend) 
     app.router.add_put("/v1/services/{service}/rules", rules)
     app.router.add_put("/v1/services/{service}/versions/{version}", version)
     app.router.add_post("/v1/rollback", rollback)
+    app.router.add_post("/v1/reload", reload)
     app.router.add_get("/v1/generations", generations)
     app.router.add_post("/v1/explain", explain_route)
     app.router.add_get("/v1/generations/{a}/diff/{b}", diff)

@@ -8,6 +8,7 @@
     turnout generations                                     who changed what, when
     turnout diff A B                                        what changed between two generations
     turnout rollback GENERATION                             a new generation equal to an old one
+    turnout reload                                          re-read the config file and certificates
 
 The client commands talk to the admin API: ``--admin URL`` (or TURNOUT_ADMIN_URL, default
 http://127.0.0.1:9901) and ``--token`` (or TURNOUT_ADMIN_TOKEN, or ``--token-file``, default
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     diff.add_argument("after", type=int)
     rollback = sub.add_parser("rollback", parents=[client], help="roll back to a generation")
     rollback.add_argument("generation", type=int)
+    sub.add_parser("reload", parents=[client], help="re-read the config file and certificates")
     args = parser.parse_args(argv)
 
     if args.command == "check":
@@ -129,6 +131,9 @@ def _client_command(args: argparse.Namespace) -> int:
         answer = api.call("GET", f"/v1/generations/{args.before}/diff/{args.after}")
         text = "\n".join(f"{c['path']}: {json.dumps(c['before'])} -> {json.dumps(c['after'])}"
                          for c in answer["changes"]) or "no differences"
+    elif args.command == "reload":
+        answer = api.call("POST", "/v1/reload")
+        text = f"generation {answer['generation']}: {answer['what']}"
     else:
         answer = api.call("POST", "/v1/rollback", {"generation": args.generation})
         text = f"generation {answer['generation']}: {answer['what']}"

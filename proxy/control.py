@@ -110,9 +110,9 @@ class Control:
         return self.change(who, f"rollback to generation {generation}", lambda _doc, _old: entry.overlay, if_match,
                            tables=decode_tables(entry.tables))
 
-    def reload_file(self) -> Entry:
-        """SIGHUP: the new file, with the same overlay on top."""
-        return self._commit("signal", f"reload {self.config_path.name}", self.overlay)
+    def reload_file(self, who: str = "signal") -> Entry:
+        """SIGHUP (or the admin API): the new file, with the same overlay on top."""
+        return self._commit(who, f"reload {self.config_path.name}", self.overlay)
 
     def diff(self, before: int, after: int) -> list[dict[str, Any]]:
         documents = {e.generation: e.document for e in self.history}

@@ -110,6 +110,10 @@ DOCUMENT: dict[str, Any] = {
             "requestBody": {"required": True, **_json("Rollback")},
             "responses": {"200": {"description": "rolled back", **_json("Change")}, **_errors(400, 401, 403, 404, 409)},
         }},
+        "/v1/reload": {"post": {
+            "summary": "re-read the config file and its certificates, with the admin changes on top",
+            "responses": {"200": {"description": "reloaded", **_json("Change")}, **_errors(401, 403, 422)},
+        }},
         "/v1/generations": {"get": _read("the last generations, newest first")},
         "/v1/generations/{a}/diff/{b}": {"get": {
             "summary": "what changed between two generations",

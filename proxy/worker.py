@@ -232,6 +232,10 @@ class Worker:
         for down in list(self.downstreams):
             log.warning("drain timeout: aborting a connection from %s", down.client_ip)
             down.abort()
+        await self._release()
+
+    async def _release(self) -> None:
+        """What a stopped worker still holds: idle upstream connections, the sweeper, checks, the log."""
         for pool in self.pools.values():
             pool.close_idle()
         if self._sweeper is not None:
@@ -249,13 +253,7 @@ class Worker:
             task.cancel()
         for down in list(self.downstreams):
             down.abort()
-        for pool in self.pools.values():
-            pool.close_idle()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-        await self.checker.close()
-        if self.access_log is not None:
-            self.access_log.close()
+        await self._release()
 
 
 def _sockets_of(config: Config) -> list[tuple[str, object, str]]:

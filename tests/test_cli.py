@@ -56,6 +56,13 @@ async def test_status_weights_generations_diff_rollback(upstreams, spawn_proxy, 
     back = await asyncio.to_thread(run, "rollback", "1")
     assert back.stdout.strip() == "generation 3: rollback to generation 1"
 
+    # The file changes; `turnout reload` applies it as SIGHUP would (rollback to 1 left no admin changes).
+    process.config_path.write_text(config_text(v1.address, v2.address, {"v1": 0, "v2": 1}))
+    reloaded = await asyncio.to_thread(run, "reload")
+    assert reloaded.stdout.strip() == "generation 4: reload turnout.yaml", reloaded.stderr
+    async with aiohttp.ClientSession() as session:
+        assert set((await versions(session, process.port, range(30))).values()) == {"v2"}
+
     no_token = await asyncio.to_thread(turnout, "status", "--token", "wrong", env=env)
     assert no_token.returncode == 1 and "401" in no_token.stderr
     unreachable = await asyncio.to_thread(turnout, "status", "--admin", "http://127.0.0.1:9", "--token", "x", env=env)
