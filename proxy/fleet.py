@@ -36,6 +36,8 @@ __all__ = ["Fleet"]
 
 log = logging.getLogger("turnout")
 
+RESPAWN_DELAY = 0.5  # seconds before a dead worker is replaced
+
 
 @dataclass
 class _Member:
@@ -125,7 +127,9 @@ class Fleet:
             del self.members[member.index]
         if not self.stopping:
             log.error("worker %d exited (status %d); starting a new one", member.process.pid, code)
-            await self._spawn(member.index)
+            await asyncio.sleep(RESPAWN_DELAY)  # a worker that dies at once must not spin the supervisor
+            if not self.stopping:
+                await self._spawn(member.index)
 
     def _send(self, member: _Member, message: dict[str, Any]) -> None:
         if not member.writer.is_closing():
