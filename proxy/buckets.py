@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-__all__ = ["BUCKETS", "decode", "encode", "rebalance", "target_counts", "transfers"]
+__all__ = ["BUCKETS", "Table", "decode", "encode", "rebalance", "rebalance_table", "target_counts", "transfers"]
 
 # 10,000 buckets: one bucket is 0.01 %, the smallest canary the design requires a sticky split to express.
 BUCKETS = 10_000
@@ -57,35 +58,62 @@ def target_counts(
     return counts
 
 
+@dataclass(frozen=True, slots=True)
+class Table:
+    """Who owns each bucket, and when each was acquired (the rebalance that gave it to its owner).
+
+    The acquisition order makes shrinking last-in, first-out: a version that must give buckets back
+    gives its newest first, so 10 % -> 20 % -> 10 % returns exactly the users who joined at 20 %.
+    """
+
+    owners: tuple[str, ...]
+    order: tuple[int, ...]
+
+
+def rebalance_table(previous: Table | None, weights: Mapping[str, int], buckets: int = BUCKETS) -> Table:
+    """The next table for ``weights``: minimal moves, only from losers to gainers, newest given up first.
+
+    Versions that must shrink release their most recently acquired buckets (ties: highest-numbered);
+    released and ownerless buckets go, lowest-numbered first, to versions that must grow, in version
+    order, stamped with this rebalance's number. A bucket whose owner is not in ``weights`` (a removed
+    version) counts as ownerless.
+    """
+    if previous is None:
+        table: list[str | None] = [None] * buckets
+        order = [0] * buckets
+    else:
+        if len(previous.owners) != buckets or len(previous.order) != buckets:
+            raise ValueError(f"table has {len(previous.owners)} buckets, expected {buckets}")
+        table = [owner if owner in weights else None for owner in previous.owners]
+        order = list(previous.order)
+    stamp = max(order, default=0) + 1
+    have = Counter(owner for owner in table if owner is not None)
+    want = target_counts(weights, have, buckets)
+    for name in weights:
+        surplus = have[name] - want[name]
+        if surplus > 0:
+            mine = sorted((i for i, owner in enumerate(table) if owner == name), key=lambda i: (order[i], i))
+            for index in mine[-surplus:]:
+                table[index] = None
+    free = (index for index, owner in enumerate(table) if owner is None)
+    for name in weights:
+        for _ in range(want[name] - have[name]):
+            index = next(free)
+            table[index] = name
+            order[index] = stamp
+    owners = tuple(owner for owner in table if owner is not None)
+    assert len(owners) == buckets, "every bucket has an owner after rebalancing"
+    return Table(owners, tuple(order))
+
+
 def rebalance(
     owners: Sequence[str | None] | None, weights: Mapping[str, int], buckets: int = BUCKETS
 ) -> tuple[str, ...]:
-    """The new owner of every bucket, given the previous owners (or None for a new table).
-
-    Versions that must shrink release their highest-numbered buckets; released and ownerless buckets
-    go, lowest-numbered first, to versions that must grow, in version order. A bucket whose owner
-    is not in ``weights`` (a removed version) counts as ownerless.
-    """
-    previous: list[str | None] = list(owners) if owners is not None else [None] * buckets
-    if len(previous) != buckets:
-        raise ValueError(f"table has {len(previous)} buckets, expected {buckets}")
-    table = [owner if owner in weights else None for owner in previous]
-    have = Counter(owner for owner in table if owner is not None)
-    want = target_counts(weights, have, buckets)
-    surplus = {name: have[name] - want[name] for name in weights if have[name] > want[name]}
-    for index in range(buckets - 1, -1, -1):
-        owner = table[index]
-        if owner is not None and surplus.get(owner, 0) > 0:
-            surplus[owner] -= 1
-            table[index] = None
-    deficits = [(name, want[name] - have[name]) for name in weights if want[name] > have[name]]
-    free = (index for index, owner in enumerate(table) if owner is None)
-    for name, missing in deficits:
-        for _ in range(missing):
-            table[next(free)] = name
-    result = tuple(owner for owner in table if owner is not None)
-    assert len(result) == buckets, "every bucket has an owner after rebalancing"
-    return result
+    """``rebalance_table`` for a table whose acquisition order is unknown (all equal): the owners only."""
+    if owners is None:
+        return rebalance_table(None, weights, buckets).owners
+    previous = Table(tuple(owner if owner is not None else "" for owner in owners), (0,) * len(owners))
+    return rebalance_table(previous, weights, buckets).owners
 
 
 def transfers(old: Sequence[str], new: Sequence[str]) -> Counter[tuple[str, str]]:
@@ -93,8 +121,8 @@ def transfers(old: Sequence[str], new: Sequence[str]) -> Counter[tuple[str, str]
     return Counter((a, b) for a, b in zip(old, new, strict=True) if a != b)
 
 
-def encode(owners: Sequence[str]) -> list[list[Any]]:
-    """A table as runs, ``[[version, count], ...]``: compact and readable in the state file."""
+def encode(owners: Sequence[Any]) -> list[list[Any]]:
+    """A column of a table as runs, ``[[value, count], ...]``: compact and readable in the state file."""
     runs: list[list[Any]] = []
     for owner in owners:
         if runs and runs[-1][0] == owner:
@@ -104,5 +132,5 @@ def encode(owners: Sequence[str]) -> list[list[Any]]:
     return runs
 
 
-def decode(runs: Sequence[Sequence[Any]]) -> tuple[str, ...]:
-    return tuple(str(owner) for owner, count in runs for _ in range(int(count)))
+def decode(runs: Sequence[Sequence[Any]]) -> tuple[Any, ...]:
+    return tuple(value for value, count in runs for _ in range(int(count)))

@@ -27,7 +27,7 @@ __all__ = ["Control", "Entry", "Tables", "decode_tables", "encode_tables"]
 
 HISTORY = 50  # generations kept for audit, diff and rollback
 
-Tables = dict[tuple[str, str], tuple[str, ...]]
+Tables = dict[tuple[str, str], buckets.Table]
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,8 +165,10 @@ class Control:
 
 
 def encode_tables(tables: Tables) -> list[Any]:
-    return [[service, rule, buckets.encode(owners)] for (service, rule), owners in tables.items()]
+    return [[service, rule, buckets.encode(table.owners), buckets.encode(table.order)]
+            for (service, rule), table in tables.items()]
 
 
 def decode_tables(encoded: list[Any]) -> Tables:
-    return {(service, rule): buckets.decode(runs) for service, rule, runs in encoded}
+    return {(service, rule): buckets.Table(buckets.decode(owners), buckets.decode(order))
+            for service, rule, owners, order in encoded}

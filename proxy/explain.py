@@ -86,7 +86,8 @@ def _in_service(service: ServiceRoute, request: Request) -> dict[str, Any]:
 
 def moves(before: RoutingState, after: RoutingState) -> list[dict[str, Any]]:
     """For each split, how many buckets (and so what share of sticky users) a change would move."""
-    old_tables, new_tables = before.tables(), after.tables()
+    old_tables = {key: table.owners for key, table in before.tables().items()}
+    new_tables = {key: table.owners for key, table in after.tables().items()}
     report = []
     for key, new in new_tables.items():
         old = old_tables.get(key)

@@ -151,15 +151,16 @@ Predicate = Callable[[Request], bool]
 
 
 class SplitRoute:
-    __slots__ = ("bucketer", "cumulative", "key", "owners", "sticky", "table", "total", "versions")
+    __slots__ = ("bucketer", "buckets", "cumulative", "key", "owners", "sticky", "table", "total", "versions")
 
     def __init__(self, split: Split, versions: dict[str, VersionRoute], bucketer: Bucketer,
-                 owners: tuple[str, ...]) -> None:
+                 table: buckets.Table) -> None:
         live = [(name, w) for name, w in split.weights if w > 0]
         self.versions = tuple(versions[name] for name, _ in live)
         index = {name: i for i, (name, _) in enumerate(live)}
-        self.owners = owners
-        self.table = bytes(index[owner] for owner in owners)
+        self.buckets = table  # owners and acquisition order: what the next snapshot rebalances
+        self.owners = table.owners
+        self.table = bytes(index[owner] for owner in table.owners)
         self.cumulative = list(accumulate(w for _, w in live))
         self.total = self.cumulative[-1]
         self.sticky = split.sticky
@@ -262,10 +263,10 @@ class RoutingState:
                 return _by_prefix(entries, path)
         return None
 
-    def tables(self) -> dict[tuple[str, str], tuple[str, ...]]:
-        """Every split's bucket owners by (service, rule): what the next snapshot rebalances."""
+    def tables(self) -> dict[tuple[str, str], buckets.Table]:
+        """Every split's bucket table by (service, rule): what the next snapshot rebalances."""
         return {
-            (service.name, rule.name): rule.split.owners
+            (service.name, rule.name): rule.split.buckets
             for service in self.services.values()
             for rule in service.rules
             if rule.split is not None
@@ -322,7 +323,7 @@ def normalise_host(value: str) -> str:
 
 
 def build(config: Config, previous: RoutingState | None = None, generation: int | None = None,
-          tables: dict[tuple[str, str], tuple[str, ...]] | None = None) -> RoutingState:
+          tables: dict[tuple[str, str], buckets.Table] | None = None) -> RoutingState:
     """Compile a config into a snapshot, rebalancing bucket tables from ``previous``. ``tables`` given
     explicitly win over ``previous``: saved tables at boot (users keep their versions across restarts)
     and a generation's own tables on rollback (the same users return to the same versions)."""
@@ -355,13 +356,13 @@ def _target(service: Service, version: Version, endpoint: Endpoint) -> Target:
 
 
 def _compile_rule(rule: Rule, versions: dict[str, VersionRoute], bucketer: Bucketer,
-                  old: tuple[str, ...] | None) -> RuleRoute:
+                  old: buckets.Table | None) -> RuleRoute:
     predicate = _compile_match(rule.match)
     if rule.version is not None:
         return RuleRoute(rule.name, predicate, versions[rule.version], None)
     assert rule.split is not None
-    owners = buckets.rebalance(old, dict(rule.split.weights))
-    return RuleRoute(rule.name, predicate, None, SplitRoute(rule.split, versions, bucketer, owners))
+    table = buckets.rebalance_table(old, dict(rule.split.weights))
+    return RuleRoute(rule.name, predicate, None, SplitRoute(rule.split, versions, bucketer, table))
 
 
 def _compile_match(match: Match) -> Predicate | None:

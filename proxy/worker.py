@@ -18,7 +18,7 @@ import socket
 from collections.abc import Coroutine
 from typing import Any
 
-from . import routing, tls
+from . import buckets, routing, tls
 from .accesslog import AccessLogWriter
 from .config import Config, Listener
 from .downstream import Downstream
@@ -57,7 +57,7 @@ class Listening:
 
 class Worker:
     def __init__(self, config: Config, generation: int = 1,
-                 tables: dict[tuple[str, str], tuple[str, ...]] | None = None) -> None:
+                 tables: dict[tuple[str, str], buckets.Table] | None = None) -> None:
         self.config = config
         self.limits = config.limits
         self.tls = tls.build(config)
@@ -125,7 +125,7 @@ class Worker:
                 self._pool_tls[target.address] = target.tls
         return pool
 
-    def apply(self, config: Config, tables: dict[tuple[str, str], tuple[str, ...]] | None = None) -> None:
+    def apply(self, config: Config, tables: dict[tuple[str, str], buckets.Table] | None = None) -> None:
         """Swap in a new snapshot built from ``config`` (bucket tables rebalanced, not rebuilt) and new
         certificates. Everything is built before anything is swapped: a failure changes nothing."""
         if _sockets_of(config) != _sockets_of(self.config):

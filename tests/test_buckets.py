@@ -12,7 +12,7 @@ from fractions import Fraction
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.buckets import BUCKETS, rebalance, target_counts, transfers
+from proxy.buckets import BUCKETS, Table, rebalance, rebalance_table, target_counts, transfers
 from proxy.hashing import Bucketer
 
 NAMES = ["v1", "v2", "v3", "v4", "v5"]
@@ -147,3 +147,24 @@ def test_hash_spreads_keys_evenly() -> None:
     assert Bucketer("a").bucket(b"x") == Bucketer("a").bucket(b"x")
     assert [Bucketer("a").bucket(f"{i}".encode()) for i in range(50)] != \
         [Bucketer("b").bucket(f"{i}".encode()) for i in range(50)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(1, 9), min_size=2, max_size=6))
+def test_shrinking_gives_back_the_newest_buckets_first(steps: list[int]) -> None:
+    """A canary walked up and back down the same steps returns, step by step, to the same users."""
+    table = rebalance_table(None, {"stable": 100, "canary": 0})
+    shares = sorted(set(steps))
+    history = []
+    for share in shares:  # up
+        history.append(table)
+        table = rebalance_table(table, {"stable": 100 - share * 10, "canary": share * 10})
+    for share, earlier in zip(reversed(shares[:-1]), reversed(history[1:]), strict=True):  # and down
+        table = rebalance_table(table, {"stable": 100 - share * 10, "canary": share * 10})
+        assert table.owners == earlier.owners
+
+
+def test_table_with_unknown_order_behaves_as_before() -> None:
+    owners = rebalance(None, {"a": 50, "b": 50})
+    unordered = Table(owners, (0,) * BUCKETS)
+    assert rebalance_table(unordered, {"a": 80, "b": 20}).owners == rebalance(owners, {"a": 80, "b": 20})

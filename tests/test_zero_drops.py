@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from proxy.buckets import rebalance
+from proxy.buckets import rebalance_table
 from proxy.hashing import Bucketer
 
 from .test_admin_changes import Admin, wait_admin
@@ -69,7 +69,7 @@ async def test_changes_under_load_drop_nothing_and_move_only_moved_buckets(upstr
     process = spawn_proxy(config_text(blue.address, green.address))
     await wait_admin(process)
     admin = Admin(process, tmp_path)
-    tables = {1: rebalance(None, {"blue": 100, "green": 0})}
+    tables = {1: rebalance_table(None, {"blue": 100, "green": 0})}
     stop, seen, failures = asyncio.Event(), list[tuple[str, str]](), list[str]()
     clients = [asyncio.create_task(load(process.port, stop, keep_alive, seen, failures))
                for keep_alive in (True, False)]
@@ -83,11 +83,12 @@ async def test_changes_under_load_drop_nothing_and_move_only_moved_buckets(upstr
                                             {"weights": {"blue": 100 - green_share, "green": green_share}})
             assert status == 200, body
             generation = body["generation"]
-            tables[generation] = rebalance(tables[generation - 1], {"blue": 100 - green_share, "green": green_share})
+            tables[generation] = rebalance_table(tables[generation - 1],
+                                                 {"blue": 100 - green_share, "green": green_share})
             await asyncio.sleep(0.6)
         status, body = await admin.call(session, "PUT", weights, {"weights": {"blue": 0, "green": 1}})
         generation = body["generation"]  # the blue/green swap: everyone on green in one step
-        tables[generation] = rebalance(tables[generation - 1], {"blue": 0, "green": 1})
+        tables[generation] = rebalance_table(tables[generation - 1], {"blue": 0, "green": 1})
         await asyncio.sleep(1)
         status, body = await admin.call(session, "POST", "/v1/rollback", {"generation": 5})
         assert status == 200, body
@@ -113,7 +114,7 @@ async def test_changes_under_load_drop_nothing_and_move_only_moved_buckets(upstr
         by_user.setdefault(user, []).append(version)
     moved = 0
     for user, versions in by_user.items():
-        owners = collapse([tables[g][bucketer.bucket(user.encode())] for g in order])
+        owners = collapse([tables[g].owners[bucketer.bucket(user.encode())] for g in order])
         observed = collapse(versions)
         assert is_subsequence(observed, owners), (user, observed, owners)
         moved += len(observed) > 1
