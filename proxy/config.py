@@ -16,6 +16,8 @@ from typing import Any, Literal, cast
 
 import yaml
 
+from .flagconfig import Flag, parse_flags
+
 __all__ = [
     "AccessLog",
     "Admin",
@@ -247,6 +249,7 @@ class Config:
     demo: tuple[DemoApp, ...] = field(default=())
     admin: Admin | None = None
     access_log: AccessLog | None = None
+    flags: tuple[Flag, ...] = ()
 
 
 # ----------------------------------------------------------------------------------------------- parsing
@@ -315,7 +318,8 @@ class _Parser:
             raise self.fail(path, f"must be a mapping, got {_kind(value)}")
         for key in value:
             if not isinstance(key, str):
-                raise self.fail(path, f"keys must be strings, got {key!r}")
+                hint = " (YAML reads on/off/yes/no as booleans: quote them)" if isinstance(key, bool) else ""
+                raise self.fail(path, f"keys must be strings, got {key!r}{hint}")
             if allowed is not None and key not in allowed:
                 raise self.fail(_join(path, key), f"unknown field (allowed: {', '.join(sorted(allowed))})")
         return value
@@ -384,7 +388,8 @@ class _Parser:
     # -- the document
 
     def config(self, raw: Any) -> Config:
-        top = self.mapping(raw, "", {"listen", "listeners", "limits", "services", "demo", "admin", "access_log"})
+        top = self.mapping(raw, "", {"listen", "listeners", "limits", "services", "demo", "admin", "access_log",
+                                     "flags"})
         listeners = self.listeners(top)
         limits = self.limits(top.get("limits"), "limits")
         services_raw = self.mapping(top.get("services"), "services")
@@ -397,7 +402,8 @@ class _Parser:
         demo = self.demo(top.get("demo"), "demo")
         admin = self.admin(top["admin"], "admin") if "admin" in top else None
         access_log = self.access_log(top["access_log"], "access_log") if "access_log" in top else None
-        return Config(self.source, listeners, limits, services, demo, admin, access_log)
+        flags = parse_flags(self, top.get("flags"), "flags")
+        return Config(self.source, listeners, limits, services, demo, admin, access_log, flags)
 
     def access_log(self, raw: Any, path: str) -> AccessLog:
         body = self.mapping(raw, path, {"path", "buffer_bytes", "flush_interval"})

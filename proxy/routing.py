@@ -357,7 +357,7 @@ def _target(service: Service, version: Version, endpoint: Endpoint) -> Target:
 
 def _compile_rule(rule: Rule, versions: dict[str, VersionRoute], bucketer: Bucketer,
                   old: buckets.Table | None) -> RuleRoute:
-    predicate = _compile_match(rule.match)
+    predicate = compile_match(rule.match)
     if rule.version is not None:
         return RuleRoute(rule.name, predicate, versions[rule.version], None)
     assert rule.split is not None
@@ -365,7 +365,7 @@ def _compile_rule(rule: Rule, versions: dict[str, VersionRoute], bucketer: Bucke
     return RuleRoute(rule.name, predicate, None, SplitRoute(rule.split, versions, bucketer, table))
 
 
-def _compile_match(match: Match) -> Predicate | None:
+def compile_match(match: Match) -> Predicate | None:
     tests: list[Predicate] = []
     if match.methods is not None:
         methods = match.methods

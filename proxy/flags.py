@@ -1,0 +1,156 @@
+"""Feature flag evaluation on the same bucket function that routes requests.
+
+Rule 1: pure. A flag set is compiled once per snapshot; evaluating is a dict lookup, the targeting rules
+in order, and for a percentage rollout one hash of the targeting key with the flag's salt and one table
+index. Rollout tables are rebalanced like split tables (``buckets.rebalance_table``): raising a rollout
+from 10 % to 20 % keeps every key that had the variant, and lowering it gives back the newest first.
+
+Reasons follow OpenFeature/OFREP: STATIC (nothing to decide: the default), TARGETING_MATCH (a rule
+matched), SPLIT (the percentage rollout decided), DISABLED (the flag is switched off: its default),
+DEFAULT (rules and rollout exist but none applied), ERROR (with an error code: FLAG_NOT_FOUND,
+TARGETING_KEY_MISSING when a rollout needs a key and none was given).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from . import buckets
+from .flagconfig import ContextCondition, Flag, semver
+from .hashing import Bucketer
+from .routing import Predicate, Request, compile_match
+
+__all__ = ["Evaluation", "FlagSet"]
+
+Tables = dict[tuple[str, str], buckets.Table]
+
+
+class Evaluation:
+    __slots__ = ("error_code", "error_details", "key", "reason", "value", "variant")
+
+    def __init__(self, key: str, value: Any, variant: str | None, reason: str, error_code: str | None = None,
+                 error_details: str | None = None) -> None:
+        self.key = key
+        self.value = value
+        self.variant = variant
+        self.reason = reason
+        self.error_code = error_code
+        self.error_details = error_details
+
+
+class _Rollout:
+    __slots__ = ("table", "variants")
+
+    def __init__(self, shares: tuple[tuple[str, int], ...], old: buckets.Table | None) -> None:
+        self.table = buckets.rebalance_table(old, {variant: share for variant, share in shares if share > 0})
+        self.variants = self.table.owners
+
+
+class _Rule:
+    __slots__ = ("context", "predicate", "rollout", "variant")
+
+    def __init__(self, predicate: Predicate | None, context: tuple[ContextCondition, ...], variant: str | None,
+                 rollout: _Rollout | None) -> None:
+        self.predicate = predicate
+        self.context = context
+        self.variant = variant
+        self.rollout = rollout
+
+
+class _Compiled:
+    __slots__ = ("bucketer", "flag", "rollout", "rules", "values")
+
+    def __init__(self, flag: Flag, old: Tables) -> None:
+        self.flag = flag
+        self.values = dict(flag.variants)
+        self.bucketer = Bucketer(flag.salt)
+        self.rules = tuple(
+            _Rule(compile_match(rule.match), rule.context, rule.variant,
+                  _Rollout(rule.rollout, old.get((flag.key, f"rules[{i}]"))) if rule.rollout else None)
+            for i, rule in enumerate(flag.rules)
+        )
+        self.rollout = _Rollout(flag.rollout, old.get((flag.key, "rollout"))) if flag.rollout else None
+
+
+class FlagSet:
+    """The flags of one snapshot."""
+
+    def __init__(self, flags: tuple[Flag, ...], previous: FlagSet | None = None, tables: Tables | None = None) -> None:
+        old = previous.tables() if previous is not None else {}
+        old.update(tables or {})
+        self.flags = {flag.key: _Compiled(flag, old) for flag in flags}
+
+    def tables(self) -> Tables:
+        found: Tables = {}
+        for key, compiled in self.flags.items():
+            if compiled.rollout is not None:
+                found[(key, "rollout")] = compiled.rollout.table
+            for i, rule in enumerate(compiled.rules):
+                if rule.rollout is not None:
+                    found[(key, f"rules[{i}]")] = rule.rollout.table
+        return found
+
+    def evaluate(self, key: str, targeting_key: str | None, context: Mapping[str, Any],
+                 request: Request | None = None) -> Evaluation:
+        compiled = self.flags.get(key)
+        if compiled is None:
+            return Evaluation(key, None, None, "ERROR", "FLAG_NOT_FOUND", f"no flag {key!r}")
+        flag = compiled.flag
+        if not flag.enabled:
+            return Evaluation(key, compiled.values[flag.default], flag.default, "DISABLED")
+        for rule in compiled.rules:
+            if rule.predicate is not None and (request is None or not rule.predicate(request)):
+                continue  # request conditions hold only where there is a request
+            if not all(_holds(condition, context, targeting_key) for condition in rule.context):
+                continue
+            if rule.variant is not None:
+                return Evaluation(key, compiled.values[rule.variant], rule.variant, "TARGETING_MATCH")
+            assert rule.rollout is not None
+            return self._split(compiled, rule.rollout, targeting_key, "TARGETING_MATCH")
+        if compiled.rollout is not None:
+            return self._split(compiled, compiled.rollout, targeting_key, "SPLIT")
+        reason = "DEFAULT" if compiled.rules else "STATIC"
+        return Evaluation(key, compiled.values[flag.default], flag.default, reason)
+
+    def _split(self, compiled: _Compiled, rollout: _Rollout, targeting_key: str | None, reason: str) -> Evaluation:
+        flag = compiled.flag
+        if not targeting_key:
+            return Evaluation(flag.key, compiled.values[flag.default], flag.default, "ERROR", "TARGETING_KEY_MISSING",
+                              "a percentage rollout needs a targeting key")
+        variant = rollout.variants[compiled.bucketer.bucket(targeting_key.encode())]
+        return Evaluation(flag.key, compiled.values[variant], variant, reason)
+
+
+def _holds(condition: ContextCondition, context: Mapping[str, Any], targeting_key: str | None) -> bool:
+    attribute = condition.attribute
+    present = attribute in context or (attribute == "targetingKey" and targeting_key is not None)
+    value = context.get(attribute, targeting_key if attribute == "targetingKey" else None)
+    op, expected = condition.op, condition.value
+    if op == "present":
+        return present
+    if op == "absent":
+        return not present
+    if not present:
+        return False
+    if op == "equals":
+        return bool(value == expected)
+    if op == "in":
+        return bool(value in expected)
+    if op in ("prefix", "regex"):
+        if not isinstance(value, str):
+            return False
+        return value.startswith(expected) if op == "prefix" else re.fullmatch(expected, value) is not None
+    if op in ("gt", "gte", "lt", "lte"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        number = float(expected)
+        return {"gt": value > number, "gte": value >= number, "lt": value < number, "lte": value <= number}[op]
+    have = semver(value) if isinstance(value, str) else None
+    want = semver(expected)
+    if have is None or want is None:
+        return False
+    return {"semver_gt": have > want, "semver_gte": have >= want, "semver_lt": have < want,
+            "semver_lte": have <= want}[op]
+
