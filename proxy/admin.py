@@ -25,7 +25,9 @@ since it was read. Who made a change comes from the ``X-Turnout-Actor`` header (
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import json
 import os
 import secrets
 from collections import Counter
@@ -87,19 +89,38 @@ def load_token(admin: Admin, source: str) -> str:
     return token
 
 
+def load_flags_token(admin: Admin, source: str) -> str | None:
+    """The read-only token apps may use for OFREP, if the config names its environment variable."""
+    if admin.flags_token_env is None:
+        return None
+    token = os.environ.get(admin.flags_token_env, "")
+    if not token:
+        raise ConfigError(source, "admin.flags_token_env", f"environment variable {admin.flags_token_env} is not set")
+    return token
+
+
 def error(status: int, message: str, **details: Any) -> web.Response:
     return web.json_response({"error": message, **details}, status=status)
 
 
-def make_app(backend: AdminBackend, token: str, control: Control | None = None) -> web.Application:
+def make_app(backend: AdminBackend, token: str, control: Control | None = None,
+             flags_token: str | None = None) -> web.Application:
     expected = token.encode()
+    readers = [expected] + ([flags_token.encode()] if flags_token else [])
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        presented = given.strip().encode() if scheme.lower() == "bearer" else b""
+        if request.path.startswith("/ofrep/"):
+            # Apps evaluate flags with the admin token or the read-only flags token (bearer or X-API-Key).
+            presented = presented or request.headers.get("X-API-Key", "").encode()
+            if not any(hmac.compare_digest(presented, allowed) for allowed in readers):
+                return web.json_response({"errorDetails": "missing or wrong token"}, status=401)
+            return await handler(request)
         if "Origin" in request.headers:
             return error(403, "requests from web pages (with an Origin header) are refused")
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        if not hmac.compare_digest(presented, expected):
             response = error(401, "missing or wrong bearer token")
             response.headers["WWW-Authenticate"] = 'Bearer realm="turnout-admin"'
             return response
@@ -128,6 +149,7 @@ def make_app(backend: AdminBackend, token: str, control: Control | None = None) 
     app = web.Application(middlewares=[guard])
     if control is not None:
         _add_changes(app, control, backend)
+    _add_ofrep(app, backend)
     async def document(request: web.Request) -> web.Response:
         return web.json_response(openapi.DOCUMENT)
 
@@ -258,6 +280,61 @@ def _add_changes(app: web.Application, control: Control, backend: AdminBackend) 
     app.router.add_get("/v1/generations", generations)
     app.router.add_post("/v1/explain", explain_route)
     app.router.add_get("/v1/generations/{a}/diff/{b}", diff)
+
+
+# ----------------------------------------------------------------------------------------------- OFREP
+
+
+def _add_ofrep(app: web.Application, backend: AdminBackend) -> None:
+    """OpenFeature remote evaluation (OFREP v1): stock OpenFeature SDKs evaluate Turnout's flags, on the
+    same buckets the proxy routes with."""
+
+    async def context_of(request: web.Request) -> tuple[dict[str, Any] | None, str, str]:
+        """The evaluation context, or (None, errorCode, errorDetails)."""
+        try:
+            data = await request.json() if request.can_read_body else {}
+        except ValueError:
+            return None, "PARSE_ERROR", "the body must be JSON"
+        if not isinstance(data, dict):
+            return None, "PARSE_ERROR", "the body must be a JSON object"
+        context = data.get("context", {})
+        if not isinstance(context, dict):
+            return None, "INVALID_CONTEXT", "context must be an object"
+        key = context.get("targetingKey")
+        if key is not None and not isinstance(key, str):
+            return None, "INVALID_CONTEXT", "targetingKey must be a string"
+        return context, "", ""
+
+    def evaluated(key: str, context: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        result = backend.routing_state().flags.evaluate(key, context.get("targetingKey"), context)
+        if result.error_code is not None:
+            status = 404 if result.error_code == "FLAG_NOT_FOUND" else 400
+            return status, {"key": key, "errorCode": result.error_code, "errorDetails": result.error_details or ""}
+        return 200, {"key": key, "value": result.value, "reason": result.reason, "variant": result.variant,
+                     "metadata": {}}
+
+    async def one(request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        context, code, details = await context_of(request)
+        if context is None:
+            return web.json_response({"key": key, "errorCode": code, "errorDetails": details}, status=400)
+        status, body = evaluated(key, context)
+        return web.json_response(body, status=status)
+
+    async def bulk(request: web.Request) -> web.Response:
+        context, code, details = await context_of(request)
+        if context is None:
+            return web.json_response({"errorCode": code, "errorDetails": details}, status=400)
+        state = backend.routing_state()
+        digest = hashlib.sha256(f"{state.generation}:{json.dumps(context, sort_keys=True, default=str)}".encode())
+        etag = f'"{digest.hexdigest()[:32]}"'
+        if etag in [tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")]:
+            return web.Response(status=304, headers={"ETag": etag})
+        flags = [evaluated(key, context)[1] for key in sorted(state.flags.flags)]
+        return web.json_response({"flags": flags}, headers={"ETag": etag})
+
+    app.router.add_post("/ofrep/v1/evaluate/flags/{key}", one)
+    app.router.add_post("/ofrep/v1/evaluate/flags", bulk)
 
 
 # ----------------------------------------------------------------------------------------------- views

@@ -225,6 +225,7 @@ class Admin:
     listen: Endpoint
     token_file: str  # absolute; created with a random token if missing (unless token_env is used)
     token_env: str | None = None  # read the token from this environment variable instead
+    flags_token_env: str | None = None  # a read-only token for apps: OFREP evaluation only
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,7 +416,7 @@ class _Parser:
         )
 
     def admin(self, raw: Any, path: str) -> Admin:
-        body = self.mapping(raw, path, {"listen", "token_file", "token_env"})
+        body = self.mapping(raw, path, {"listen", "token_file", "token_env", "flags_token_env"})
         listen = self.endpoint(body.get("listen", "127.0.0.1:9901"), _join(path, "listen"))
         if "token_file" in body and "token_env" in body:
             raise self.fail(path, "give either token_file or token_env")
@@ -425,7 +426,9 @@ class _Parser:
         if not explicit and not _loopback(listen.host):
             raise self.fail(_join(path, "listen"), f"{listen} is not a loopback address: set token_file or "
                             "token_env so that the token is chosen, not generated")
-        return Admin(listen, token_file, token_env)
+        flags_env = self.string(body["flags_token_env"], _join(path, "flags_token_env")) \
+            if "flags_token_env" in body else None
+        return Admin(listen, token_file, token_env, flags_env)
 
     def listeners(self, top: Mapping[str, Any]) -> tuple[Listener, ...]:
         if "listen" in top and "listeners" in top:

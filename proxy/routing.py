@@ -22,6 +22,7 @@ from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from http.cookies import SimpleCookie
 from itertools import accumulate
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from . import buckets
@@ -29,6 +30,9 @@ from .config import Condition, Config, Endpoint, Match, Outlier, Retries, Rule, 
 from .hashing import Bucketer
 
 __all__ = ["Decision", "Request", "RoutingState", "Target", "build", "normalise_host"]
+
+if TYPE_CHECKING:
+    from .flags import FlagSet
 
 
 class Request:
@@ -85,6 +89,7 @@ class Target:
 
 
 _NO_OUTLIER, _NO_RETRIES = Outlier(), Retries()
+FLAG_PREFIX = "flag:"  # flag tables share the state file with split tables: keep the keys apart
 
 
 class VersionRoute:
@@ -216,10 +221,12 @@ class ServiceRoute:
 class RoutingState:
     """One generation of routing. Immutable once built (endpoint round-robin counters aside)."""
 
-    def __init__(self, config: Config, generation: int, services: tuple[ServiceRoute, ...]) -> None:
+    def __init__(self, config: Config, generation: int, services: tuple[ServiceRoute, ...],
+                 flags: FlagSet) -> None:
         self.config = config
         self.generation = generation
         self.services = {s.name: s for s in services}
+        self.flags = flags
         # host -> [(path_prefix, service)] longest prefix first; "*.suffix" keyed by ".suffix"; "*" by "".
         self._exact: dict[str, list[tuple[str, ServiceRoute]]] = {}
         self._wildcard: dict[str, list[tuple[str, ServiceRoute]]] = {}
@@ -264,13 +271,16 @@ class RoutingState:
         return None
 
     def tables(self) -> dict[tuple[str, str], buckets.Table]:
-        """Every split's bucket table by (service, rule): what the next snapshot rebalances."""
-        return {
+        """Every bucket table: splits by (service, rule), flag rollouts by ("flag:" + key, part). What
+        the next snapshot rebalances, what the state file keeps."""
+        tables = {
             (service.name, rule.name): rule.split.buckets
             for service in self.services.values()
             for rule in service.rules
             if rule.split is not None
         }
+        tables.update({(FLAG_PREFIX + key, part): table for (key, part), table in self.flags.tables().items()})
+        return tables
 
 
 def _headers_read(service: Service) -> set[str]:
@@ -348,7 +358,11 @@ def build(config: Config, previous: RoutingState | None = None, generation: int 
             for rule in service.rules
         )
         services.append(ServiceRoute(service, versions, rules))
-    return RoutingState(config, generation, tuple(services))
+    from .flags import FlagSet  # late: flags build on this module's matching
+
+    flag_tables = {(key.removeprefix(FLAG_PREFIX), part): table for (key, part), table in old_tables.items()
+                   if key.startswith(FLAG_PREFIX)}
+    return RoutingState(config, generation, tuple(services), FlagSet(config.flags, tables=flag_tables))
 
 
 def _target(service: Service, version: Version, endpoint: Endpoint) -> Target:

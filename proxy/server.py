@@ -43,6 +43,8 @@ def serve(config_path: str, workers: int = 1) -> int:
     try:
         config, document = control.boot()  # the file with the saved admin changes on top
         token = admin.load_token(config.admin, config.source) if config.admin is not None else None
+        if config.admin is not None:  # checked now: a missing read-only token must stop the start
+            admin.load_flags_token(config.admin, config.source)
     except ConfigError as exc:
         print(f"turnout: {exc}", file=sys.stderr)
         return 2
@@ -116,7 +118,8 @@ async def _serve_one(config: Config, control: Control, sockets: dict[str, socket
 
 async def _start_admin(backend: admin.AdminBackend, config: Config, token: str, control: Control) -> web.AppRunner:
     assert config.admin is not None
-    runner = web.AppRunner(admin.make_app(backend, token, control), access_log=None)
+    flags_token = admin.load_flags_token(config.admin, config.source)
+    runner = web.AppRunner(admin.make_app(backend, token, control, flags_token), access_log=None)
     await runner.setup()
     listen = config.admin.listen
     sock = socket.create_server((listen.host, listen.port))

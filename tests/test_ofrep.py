@@ -1,0 +1,134 @@
+"""OFREP: the real OpenFeature SDK with the OFREP provider evaluates Turnout's flags over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from openfeature import api
+from openfeature.contrib.provider.ofrep import OFREPProvider
+from openfeature.evaluation_context import EvaluationContext
+from openfeature.exception import ErrorCode
+from openfeature.flag_evaluation import Reason
+
+from .conftest import ProxyProcess
+
+FLAGS = {
+    "checkout": {"variants": {"on": True, "off": False}, "default": "off",
+                 "rules": [{"match": {"context": {"plan": {"in": ["pro"]}}}, "variant": "on"}],
+                 "rollout": {"on": 30, "off": 70}},
+    "banner": {"variants": {"blue": "#00f", "red": "#f00"}, "default": "red"},
+    "limit": {"variants": {"small": 10, "large": 1000}, "default": "small", "enabled": False},
+    "layout": {"variants": {"a": {"cols": 2}, "b": {"cols": 3}}, "default": "a",
+               "rules": [{"match": {"context": {"country": "NL"}}, "variant": "b"}]},
+}
+
+
+@pytest.fixture(scope="module")
+def turnout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, ProxyProcess]]:
+    directory: Path = tmp_path_factory.mktemp("ofrep")
+    path = directory / "turnout.yaml"
+    path.write_text(yaml.safe_dump({
+        "listen": "127.0.0.1:0", "admin": {"listen": "127.0.0.1:0", "flags_token_env": "APP_FLAGS_TOKEN"},
+        "services": {"s": {"versions": {"v1": ["127.0.0.1:9"]}, "version": "v1"}}, "flags": FLAGS,
+    }))
+    os.environ["APP_FLAGS_TOKEN"] = "app-read-only"
+    try:
+        process = ProxyProcess(path)
+    finally:
+        del os.environ["APP_FLAGS_TOKEN"]  # the proxy read it at start; the tests must not leak it
+    try:
+        for _ in range(200):
+            if "admin API on" in process.output():
+                break
+            time.sleep(0.05)
+        line = next(line for line in process.output().splitlines() if "admin API on" in line)
+        yield "http://127.0.0.1:" + line.split("http://127.0.0.1:")[1].split()[0], "app-read-only", process
+    finally:
+        process.stop()
+
+
+def client(base: str, token: str) -> Any:
+    api.set_provider(OFREPProvider(base, headers_factory=lambda: {"Authorization": f"Bearer {token}"}))
+    return api.get_client()
+
+
+def test_the_openfeature_sdk_evaluates_every_type_with_the_right_reason(turnout) -> None:
+    base, token, _ = turnout
+    flags = client(base, token)
+    pro = flags.get_boolean_details("checkout", False, EvaluationContext("u1", {"plan": "pro"}))
+    assert (pro.value, pro.reason, pro.variant) == (True, Reason.TARGETING_MATCH, "on")
+    split = flags.get_boolean_details("checkout", False, EvaluationContext("u1", {"plan": "free"}))
+    assert split.reason == Reason.SPLIT and split.variant in ("on", "off")
+    banner = flags.get_string_details("banner", "none", EvaluationContext("u1"))
+    assert (banner.value, banner.reason) == ("#f00", Reason.STATIC)
+    limit = flags.get_integer_details("limit", 0, EvaluationContext("u1"))
+    assert (limit.value, limit.reason) == (10, Reason.DISABLED)
+    layout = flags.get_object_details("layout", {}, EvaluationContext("u1", {"country": "NL"}))
+    assert (layout.value, layout.reason) == ({"cols": 3}, Reason.TARGETING_MATCH)
+    missing = flags.get_boolean_details("nope", False, EvaluationContext("u1"))
+    assert (missing.value, missing.reason, missing.error_code) == (False, Reason.ERROR, ErrorCode.FLAG_NOT_FOUND)
+    no_key = flags.get_boolean_details("checkout", False, EvaluationContext(None, {"plan": "free"}))
+    assert (no_key.reason, no_key.error_code) == (Reason.ERROR, ErrorCode.TARGETING_KEY_MISSING)
+
+
+def test_rollout_share_and_stickiness_over_ofrep(turnout) -> None:
+    base, token, _ = turnout
+    flags = client(base, token)
+    first = [flags.get_boolean_value("checkout", False, EvaluationContext(f"user-{i}")) for i in range(600)]
+    assert 120 < sum(first) < 240  # 30 % of 600, within a wide statistical bound
+    again = [flags.get_boolean_value("checkout", False, EvaluationContext(f"user-{i}")) for i in range(600)]
+    assert first == again
+
+
+def post(url: str, body: Any, headers: dict[str, str]) -> tuple[int, dict[str, str], Any]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json",
+                                                                            **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            raw = response.read()
+            return response.status, dict(response.headers), json.loads(raw) if raw else None
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        return exc.code, dict(exc.headers), json.loads(raw) if raw else None
+
+
+def test_bulk_evaluation_etag_and_errors(turnout) -> None:
+    base, token, _ = turnout
+    auth = {"Authorization": f"Bearer {token}"}
+    status, headers, body = post(base + "/ofrep/v1/evaluate/flags", {"context": {"targetingKey": "u7"}}, auth)
+    assert status == 200 and [f["key"] for f in body["flags"]] == ["banner", "checkout", "layout", "limit"]
+    etag = headers["ETag"]
+    status, _, _ = post(base + "/ofrep/v1/evaluate/flags", {"context": {"targetingKey": "u7"}},
+                        {**auth, "If-None-Match": etag})
+    assert status == 304
+    status, _, body = post(base + "/ofrep/v1/evaluate/flags", {"context": {"targetingKey": "u8"}},
+                           {**auth, "If-None-Match": etag})
+    assert status == 200  # another context: another answer
+    assert post(base + "/ofrep/v1/evaluate/flags", b"{nope", auth)[2]["errorCode"] == "PARSE_ERROR"
+    status, _, body = post(base + "/ofrep/v1/evaluate/flags/checkout", {"context": []}, auth)
+    assert (status, body["errorCode"]) == (400, "INVALID_CONTEXT")
+    # The read-only token reaches OFREP only; X-API-Key works too; no token, no answer.
+    assert post(base + "/ofrep/v1/evaluate/flags/banner", {}, {"X-API-Key": token})[0] == 200
+    assert post(base + "/ofrep/v1/evaluate/flags/banner", {}, {})[0] == 401
+    assert post(base + "/v1/explain", {}, auth)[0] == 401
+
+
+def test_flag_rollout_tables_are_kept_in_the_state_file(turnout) -> None:
+    process = turnout[2]
+    state_file = Path(str(process.config_path) + ".state.json")
+    for _ in range(50):
+        if state_file.exists():
+            break
+        time.sleep(0.05)
+    saved = json.loads(state_file.read_text())
+    assert any(service == "flag:checkout" and part == "rollout" for service, part, *_ in saved["tables"])
