@@ -177,6 +177,15 @@ class Service:
     rules: tuple[Rule, ...]
     outlier: Outlier = Outlier()
     retries: Retries = Retries()
+    inject_flags: InjectFlags | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InjectFlags:
+    """Evaluated flags added to the upstream request as one header: ``key=variant, key=variant``."""
+
+    header: str  # lower-case
+    flags: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,6 +413,13 @@ class _Parser:
         admin = self.admin(top["admin"], "admin") if "admin" in top else None
         access_log = self.access_log(top["access_log"], "access_log") if "access_log" in top else None
         flags = parse_flags(self, top.get("flags"), "flags")
+        known = {flag.key for flag in flags}
+        for service in services:
+            if service.inject_flags is not None:
+                for i, key in enumerate(service.inject_flags.flags):
+                    if key not in known:
+                        raise self.fail(f"services.{service.name}.inject_flags.flags[{i}]",
+                                        f"unknown flag {key!r} (flags: {', '.join(sorted(known)) or 'none'})")
         return Config(self.source, listeners, limits, services, demo, admin, access_log, flags)
 
     def access_log(self, raw: Any, path: str) -> AccessLog:
@@ -520,7 +536,7 @@ class _Parser:
     def service(self, name: str, raw: Any, path: str) -> Service:
         self.name(name, path, "service name")
         fields = {"hosts", "path_prefix", "salt", "versions", "rules", "split", "sticky", "version", "outlier",
-                  "retries"}
+                  "retries", "inject_flags"}
         body = self.mapping(raw, path, fields)
         hosts = self.hosts(body.get("hosts", ["*"]), _join(path, "hosts"))
         prefix = body.get("path_prefix", "/")
@@ -554,7 +570,19 @@ class _Parser:
             rules = (self.rule({"name": "default", **route}, path, names, 0, True),)
         outlier = self.outlier(body.get("outlier"), _join(path, "outlier"))
         retries = self.retries(body.get("retries"), _join(path, "retries"))
-        return Service(name, hosts, prefix, salt, versions, rules, outlier, retries)
+        inject = self.inject_flags(body["inject_flags"], _join(path, "inject_flags")) if "inject_flags" in body \
+            else None
+        return Service(name, hosts, prefix, salt, versions, rules, outlier, retries, inject)
+
+    def inject_flags(self, raw: Any, path: str) -> InjectFlags:
+        body = self.mapping(raw, path, {"header", "flags"})
+        header = self.string(body.get("header", "x-turnout-flags"), _join(path, "header"))
+        if not _TOKEN.match(header):
+            raise self.fail(_join(path, "header"), f"{header!r} is not a valid header name")
+        keys = body.get("flags")
+        if not isinstance(keys, list) or not keys:
+            raise self.fail(_join(path, "flags"), "must be a non-empty list of flag keys")
+        return InjectFlags(header.lower(), tuple(self.string(k, f"{path}.flags[{i}]") for i, k in enumerate(keys)))
 
     def outlier(self, raw: Any, path: str) -> Outlier:
         body = self.mapping(raw, path, {"consecutive_failures", "base_ejection", "max_ejection_percent"})

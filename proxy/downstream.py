@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -304,16 +305,29 @@ class Downstream(asyncio.Protocol):
         forward_upgrade = bool(upgrade) and tokens is not None and b"upgrade" in tokens \
             and not upgrade.lower().startswith(b"h2c")
         set_cookie = b""
-        if decision.assigned_key is not None and decision.sticky is not None:
+        inject = service.config.inject_flags
+        assigned = decision.assigned_key is not None and decision.sticky is not None
+        spoofed = inject is not None and inject.header in fields  # never pass on a client's own flags
+        if assigned or spoofed:
+            skip = {b"cookie"} if assigned else set()
+            if spoofed and inject is not None:
+                skip.add(inject.header.encode())
+            lines = self.end_to_end(tokens or set(), skip)
+        if assigned and decision.sticky is not None:
             # A fresh sticky key: the upstream sees it as if the client had sent it (in the one Cookie
             # line RFC 6265 allows), and the client gets it to send from now on.
             sticky = decision.sticky
             cookie = f"{sticky.name}={decision.assigned_key}".encode()
             sent = [value for name, value in self.headers if name.lower() == b"cookie"]
-            lines = self.end_to_end(tokens or set(), skip=b"cookie")
             lines += (b"Cookie: ", b"; ".join([*sent, cookie]), b"\r\n")
             set_cookie = b"Set-Cookie: %s; Path=/; Max-Age=%d; HttpOnly; SameSite=Lax\r\n" % (
                 cookie, sticky.max_age)
+        if inject is not None:
+            flag_key = decision.assigned_key or (service.flag_key(request) if service.flag_key else None)
+            context = {"targetingKey": flag_key} if flag_key else {}
+            evaluations = [state.flags.evaluate(flag, flag_key, context, request) for flag in inject.flags]
+            value = ", ".join(f"{e.key}={e.variant}" for e in evaluations).encode()
+            lines += (inject.header.encode(), b": ", value, b"\r\n")
         out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n", *lines]
         out += (b"X-Forwarded-For: ", forwarded_for + b", " if forwarded_for else b"",
                 self.client_ip_bytes, b"\r\nX-Forwarded-Proto: ", self.listening.scheme,
@@ -349,12 +363,12 @@ class Downstream(asyncio.Protocol):
                                    "generation": state.generation}
         return exchange
 
-    def end_to_end(self, tokens: set[bytes], skip: bytes = b"") -> list[bytes]:
+    def end_to_end(self, tokens: set[bytes], skip: AbstractSet[bytes] = frozenset()) -> list[bytes]:
         """The request's end-to-end header lines, without those named in Connection (and ``skip``)."""
         lines: list[bytes] = []
         for name, value in self.headers:
             lname = name.lower()
-            if lname not in _DROPPED and lname not in tokens and lname != skip:
+            if lname not in _DROPPED and lname not in tokens and lname not in skip:
                 lines += (name, b": ", value, b"\r\n")
         return lines
 

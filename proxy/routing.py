@@ -196,13 +196,17 @@ class RuleRoute:
 
 
 class ServiceRoute:
-    __slots__ = ("config", "name", "rules", "versions")
+    __slots__ = ("config", "flag_key", "name", "rules", "versions")
 
     def __init__(self, config: Service, versions: dict[str, VersionRoute], rules: tuple[RuleRoute, ...]) -> None:
         self.config = config
         self.name = config.name
         self.versions = versions
         self.rules = rules
+        # The targeting key for injected flags: the stickiness key of the service's default split, so
+        # that "this user is on v2" and "this user has the flag" are decided on the same key.
+        splits = [rule.split for rule in rules if rule.split is not None]
+        self.flag_key = splits[-1].key if splits else None
 
     def decide(self, request: Request, draw: Callable[[], int]) -> Decision:
         for rule in self.rules:
@@ -293,6 +297,8 @@ def _headers_read(service: Service) -> set[str]:
             names.add(rule.split.sticky.name)
         if rule.split is not None and rule.split.sticky.kind == "cookie":
             names.add("cookie")
+    if service.inject_flags is not None:
+        names.add(service.inject_flags.header)  # a client's own copy must be seen, to be dropped
     return names
 
 

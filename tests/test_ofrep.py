@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from openfeature import api
@@ -132,3 +134,33 @@ def test_flag_rollout_tables_are_kept_in_the_state_file(turnout) -> None:
         time.sleep(0.05)
     saved = json.loads(state_file.read_text())
     assert any(service == "flag:checkout" and part == "rollout" for service, part, *_ in saved["tables"])
+
+
+async def test_injected_flags_agree_with_ofrep_for_every_key(upstreams, spawn_proxy, tmp_path: Path) -> None:
+    up = await upstreams("v1")
+    process = spawn_proxy(yaml.safe_dump({
+        "listen": "127.0.0.1:0", "admin": {"listen": "127.0.0.1:0"},
+        "services": {"s": {"versions": {"v1": [up.address]}, "split": {"v1": 1}, "sticky": {"header": "x-user"},
+                           "inject_flags": {"header": "X-Flags", "flags": ["checkout", "banner"]}}},
+        "flags": FLAGS,
+    }))
+    for _ in range(100):
+        if "admin API on" in process.output():
+            break
+        await asyncio.sleep(0.05)
+    line = next(line for line in process.output().splitlines() if "admin API on" in line)
+    base = "http://127.0.0.1:" + line.split("http://127.0.0.1:")[1].split()[0]
+    auth = {"Authorization": "Bearer " + (tmp_path / "admin.token").read_text().strip()}
+    async with aiohttp.ClientSession() as session:
+        for i in range(1000):
+            user = f"user-{i}"
+            headers = {"X-User": user, "X-Flags": "checkout=on"}  # a client trying to give itself the flag
+            async with session.get(f"http://127.0.0.1:{process.port}/", headers=headers) as response:
+                seen = dict((k.lower(), v) for k, v in (await response.json())["headers"])
+            async with session.post(base + "/ofrep/v1/evaluate/flags/checkout",
+                                    json={"context": {"targetingKey": user}}, headers=auth) as response:
+                remote = await response.json()
+            assert seen["x-flags"] == f"checkout={remote['variant']}, banner=red", user
+    injected = [entry for entry in up.seen
+                if "checkout=on" in {k.lower(): v for k, v in entry["headers"]}.get("x-flags", "")]
+    assert 200 < len(injected) < 400  # ~30 % rollout: the client's own header never got through
