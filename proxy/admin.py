@@ -15,6 +15,9 @@ Routes so far (docs/admin-api.md):
     ...?dry_run=true on the PUTs                         which sticky users a change would move
     POST /v1/rollback                                    {"generation": N}: a new generation equal to N
     POST /v1/reload                                      re-read the config file and certificates (as SIGHUP)
+    GET  /v1/flags, PUT|DELETE /v1/flags/{key}           feature flags: list, create or replace, delete
+    POST /v1/flags/{key}/enable|disable|kill             switch a flag (kill: off for everyone, at once)
+    POST /ofrep/v1/evaluate/flags[/{key}]                OFREP evaluation (admin or read-only flags token)
     GET  /metrics                                        Prometheus text, all workers summed
     GET  /ready, /live                                   readiness (503 once draining), liveness
 
@@ -165,7 +168,8 @@ def make_app(backend: AdminBackend, token: str, control: Control | None = None,
 
 
 def _add_changes(app: web.Application, control: Control, backend: AdminBackend) -> None:
-    validators = {name: openapi.validator(name) for name in ("Weights", "Rules", "Version", "Rollback", "Explain")}
+    validators = {name: openapi.validator(name)
+                  for name in ("Weights", "Rules", "Version", "Rollback", "Explain", "Flag")}
 
     async def body(request: web.Request, schema: str) -> dict[str, Any]:
         """The JSON body, checked against the schema the OpenAPI document publishes for it."""
@@ -253,6 +257,25 @@ def _add_changes(app: web.Application, control: Control, backend: AdminBackend) 
         """SIGHUP by API: the config file (and its certificates) again, with the overlay on top."""
         return await changed(control.reload_file(actor(request)))
 
+    async def flags(request: web.Request) -> web.Response:
+        return web.json_response({"generation": backend.routing_state().generation,
+                                  "flags": describe_flags(backend.routing_state())})
+
+    async def put_flag(request: web.Request) -> web.Response:
+        key, flag = request.match_info["key"], await body(request, "Flag")
+        return await apply(request, f"flag {key}", lambda doc, old: overlay.set_flag(doc, old, key, flag))
+
+    async def delete_flag(request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        return await apply(request, f"delete flag {key}", lambda doc, old: overlay.delete_flag(doc, old, key))
+
+    def switch(enabled: bool, label: str) -> Handler:
+        async def handle(request: web.Request) -> web.Response:
+            key = request.match_info["key"]
+            return await apply(request, f"{label} flag {key}",
+                               lambda doc, old: overlay.set_flag_enabled(doc, old, key, enabled))
+        return handle
+
     async def generations(request: web.Request) -> web.Response:
         return web.json_response({"current": control.generation,
                                   "generations": [entry.summary() for entry in reversed(control.history)]})
@@ -279,6 +302,12 @@ def _add_changes(app: web.Application, control: Control, backend: AdminBackend) 
     app.router.add_post("/v1/reload", reload)
     app.router.add_get("/v1/generations", generations)
     app.router.add_post("/v1/explain", explain_route)
+    app.router.add_get("/v1/flags", flags)
+    app.router.add_put("/v1/flags/{key}", put_flag)
+    app.router.add_delete("/v1/flags/{key}", delete_flag)
+    app.router.add_post("/v1/flags/{key}/enable", switch(True, "enable"))
+    app.router.add_post("/v1/flags/{key}/disable", switch(False, "disable"))
+    app.router.add_post("/v1/flags/{key}/kill", switch(False, "kill switch:"))
     app.router.add_get("/v1/generations/{a}/diff/{b}", diff)
 
 
@@ -377,10 +406,25 @@ def describe(state: RoutingState, snapshots: list[dict[str, Any]]) -> dict[str, 
         }
     return {
         "generation": state.generation,
+        "flags": describe_flags(state),
         "workers": [{"pid": s.get("pid"), "generation": s["generation"], "connections": s["connections"]}
                     for s in snapshots],
         "services": services,
     }
+
+
+def describe_flags(state: RoutingState) -> dict[str, Any]:
+    """Each flag as configured, with how many of its rollout buckets each variant owns now."""
+    described = {}
+    for flag in state.config.flags:
+        compiled = state.flags.flags[flag.key]
+        entry: dict[str, Any] = {"enabled": flag.enabled, "default": flag.default,
+                                 "variants": dict(flag.variants), "rules": len(flag.rules)}
+        if flag.rollout is not None and compiled.rollout is not None:
+            entry["rollout"] = {variant: share / 1000 for variant, share in flag.rollout}
+            entry["buckets"] = dict(Counter(compiled.rollout.variants))
+        described[flag.key] = entry
+    return described
 
 
 def _condition(condition: Condition) -> Any:

@@ -42,6 +42,14 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "cookies": {"type": "object", "additionalProperties": {"type": "string"}},
         },
     },
+    "Flag": {
+        "type": "object", "required": ["variants", "default"],
+        "properties": {"variants": {"type": "object", "minProperties": 1}, "default": {"type": "string"},
+                       "enabled": {"type": "boolean"}, "rules": {"type": "array", "items": {"type": "object"}},
+                       "rollout": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0}},
+                       "salt": {"type": "string"}},
+        "additionalProperties": False,
+    },
     "Change": {
         "type": "object", "required": ["generation", "at", "who", "what"],
         "properties": {"generation": {"type": "integer"}, "at": {"type": "string"}, "who": {"type": "string"},
@@ -114,6 +122,17 @@ DOCUMENT: dict[str, Any] = {
             "summary": "re-read the config file and its certificates, with the admin changes on top",
             "responses": {"200": {"description": "reloaded", **_json("Change")}, **_errors(401, 403, 422)},
         }},
+        "/v1/flags": {"get": _read("the feature flags and their current rollouts")},
+        "/v1/flags/{key}": {
+            "put": _change("Flag", "create or replace a flag (the config file's flag syntax)", [_path_param("key")]),
+            "delete": {"summary": "delete a flag", "parameters": [_path_param("key")],
+                       "responses": {"200": {"description": "deleted", **_json("Change")},
+                                     **_errors(400, 401, 403, 404, 409, 422)}},
+        },
+        **{f"/v1/flags/{{key}}/{action}": {"post": {
+            "summary": f"{action} a flag", "parameters": [_path_param("key")],
+            "responses": {"200": {"description": "done", **_json("Change")}, **_errors(400, 401, 403, 404, 409, 422)},
+        }} for action in ("enable", "disable", "kill")},
         "/v1/generations": {"get": _read("the last generations, newest first")},
         "/v1/generations/{a}/diff/{b}": {"get": {
             "summary": "what changed between two generations",

@@ -20,7 +20,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-__all__ = ["ChangeError", "diff", "merge", "replace_rules", "set_version", "set_weights"]
+__all__ = ["FLAGS", "ChangeError", "delete_flag", "diff", "merge", "replace_rules", "set_flag", "set_flag_enabled",
+           "set_version", "set_weights"]
+
+FLAGS = "@flags"  # the overlay's flags (no service name can start with '@'): key -> flag document or None
 
 Document = dict[str, Any]
 Overlay = dict[str, dict[str, Any]]
@@ -53,7 +56,17 @@ def merge(document: Any, overlay: Overlay) -> tuple[Any, list[str]]:
     effective = copy.deepcopy(document)
     services = effective["services"]
     skipped = []
+    if overlay.get(FLAGS):
+        flags = effective.get("flags")
+        flags = effective["flags"] = dict(flags) if isinstance(flags, dict) else {}
+        for key, flag in overlay[FLAGS].items():
+            if flag is None:
+                flags.pop(key, None)
+            else:
+                flags[key] = copy.deepcopy(flag)
     for name, parts in overlay.items():
+        if name == FLAGS:
+            continue
         service = services.get(name)
         if not isinstance(service, dict):
             skipped.append(name)
@@ -107,6 +120,34 @@ def set_version(effective: Document, overlay: Overlay, service: str, version: st
     changed = copy.deepcopy(overlay)
     changed.setdefault(service, {}).setdefault("versions", {})[version] = copy.deepcopy(entry)
     return changed
+
+
+def _flag(effective: Document, key: str) -> dict[str, Any]:
+    flag = (effective.get("flags") or {}).get(key)
+    if not isinstance(flag, dict):
+        raise ChangeError(404, f"no flag {key!r}", "flag")
+    return flag
+
+
+def set_flag(effective: Document, overlay: Overlay, key: str, flag: dict[str, Any]) -> Overlay:
+    """Create a flag or replace it (validated later, with the whole config)."""
+    changed = copy.deepcopy(overlay)
+    changed.setdefault(FLAGS, {})[key] = copy.deepcopy(flag)
+    return changed
+
+
+def delete_flag(effective: Document, overlay: Overlay, key: str) -> Overlay:
+    _flag(effective, key)
+    changed = copy.deepcopy(overlay)
+    changed.setdefault(FLAGS, {})[key] = None
+    return changed
+
+
+def set_flag_enabled(effective: Document, overlay: Overlay, key: str, enabled: bool) -> Overlay:
+    """Switch a flag on or off (off: everyone gets its default variant, at once: the kill switch)."""
+    flag = copy.deepcopy(_flag(effective, key))
+    flag["enabled"] = enabled
+    return set_flag(effective, overlay, key, flag)
 
 
 def diff(before: Any, after: Any, path: str = "") -> list[dict[str, Any]]:

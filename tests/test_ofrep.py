@@ -164,3 +164,72 @@ async def test_injected_flags_agree_with_ofrep_for_every_key(upstreams, spawn_pr
     injected = [entry for entry in up.seen
                 if "checkout=on" in {k.lower(): v for k, v in entry["headers"]}.get("x-flags", "")]
     assert 200 < len(injected) < 400  # ~30 % rollout: the client's own header never got through
+
+
+async def test_flags_by_admin_api_growth_kill_switch_and_bad_definitions(upstreams, spawn_proxy, tmp_path) -> None:
+    up = await upstreams("v1")
+    process = spawn_proxy(yaml.safe_dump({
+        "listen": "127.0.0.1:0", "admin": {"listen": "127.0.0.1:0"},
+        "services": {"s": {"versions": {"v1": [up.address]}, "split": {"v1": 1}, "sticky": {"header": "x-user"},
+                           "inject_flags": {"flags": ["banner"]}}},
+        "flags": {"banner": FLAGS["banner"]},
+    }))
+    for _ in range(100):
+        if "admin API on" in process.output():
+            break
+        await asyncio.sleep(0.05)
+    line = next(line for line in process.output().splitlines() if "admin API on" in line)
+    base = "http://127.0.0.1:" + line.split("http://127.0.0.1:")[1].split()[0]
+    auth = {"Authorization": "Bearer " + (tmp_path / "admin.token").read_text().strip()}
+    checkout = {"variants": {"on": True, "off": False}, "default": "off", "rollout": {"on": 10, "off": 90}}
+    users = [f"user-{i}" for i in range(1000)]
+
+    async def having(session: aiohttp.ClientSession, flag: str) -> set[str]:
+        async with session.post(base + "/ofrep/v1/evaluate/flags", json={"context": {}}, headers=auth) as r:
+            assert r.status == 200
+        found = set()
+        for user in users:
+            async with session.post(base + f"/ofrep/v1/evaluate/flags/{flag}",
+                                    json={"context": {"targetingKey": user}}, headers=auth) as response:
+                if (await response.json()).get("value") is True:
+                    found.add(user)
+        return found
+
+    async with aiohttp.ClientSession() as session:
+        async with session.put(base + "/v1/flags/checkout", json=checkout, headers=auth) as response:
+            assert response.status == 200, await response.text()
+        at_10 = await having(session, "checkout")
+        assert 40 < len(at_10) < 170
+        async with session.put(base + "/v1/flags/checkout", json={**checkout, "rollout": {"on": 20, "off": 80}},
+                               headers=auth) as response:
+            assert response.status == 200
+        at_20 = await having(session, "checkout")
+        assert at_10 <= at_20 and len(at_20) > len(at_10)  # everyone who had it keeps it
+        async with session.get(base + "/v1/flags", headers=auth) as response:
+            listed = (await response.json())["flags"]["checkout"]
+        assert listed["rollout"] == {"on": 20.0, "off": 80.0} and sum(listed["buckets"].values()) == 10_000
+
+        # The kill switch: the very next evaluation, over OFREP and in injected headers, is off.
+        async with session.post(base + "/v1/flags/banner/kill", headers=auth) as response:
+            assert response.status == 200
+        async with session.post(base + "/ofrep/v1/evaluate/flags/banner", json={}, headers=auth) as response:
+            assert (await response.json())["reason"] == "DISABLED"
+        async with session.get(f"http://127.0.0.1:{process.port}/", headers={"X-User": "u1"}) as response:
+            seen = {k.lower(): v for k, v in (await response.json())["headers"]}
+        assert seen["x-turnout-flags"] == "banner=red"
+
+        bad = [
+            ({**checkout, "rollout": {"on": 20, "maybe": 80}}, "flags.checkout.rollout.maybe"),
+            ({**checkout, "rollout": {"on": 20, "off": 70}}, "flags.checkout.rollout"),
+            ({**checkout, "rules": [{"match": {"context": {"plan": {"regex": "("}}}, "variant": "on"}]},
+             "flags.checkout.rules[0].match.context.plan.regex"),
+        ]
+        for flag, field in bad:
+            async with session.put(base + "/v1/flags/checkout", json=flag, headers=auth) as response:
+                answer = await response.json()
+                assert (response.status, answer["field"]) == (422, field), answer
+        assert await having(session, "checkout") == at_20  # nothing changed
+        async with session.delete(base + "/v1/flags/checkout", headers=auth) as response:
+            assert response.status == 200
+        async with session.post(base + "/ofrep/v1/evaluate/flags/checkout", json={}, headers=auth) as response:
+            assert response.status == 404 and (await response.json())["errorCode"] == "FLAG_NOT_FOUND"
