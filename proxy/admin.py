@@ -67,6 +67,9 @@ class AdminBackend(Protocol):
 
     def ready(self) -> bool: ...
 
+    def count_flag(self, key: str, variant: str | None) -> None:
+        """Count one flag evaluation answered here (OFREP)."""
+
 
 def load_token(admin: Admin, source: str) -> str:
     """The bearer token: from the named environment variable, else from the token file, which is
@@ -169,7 +172,7 @@ def make_app(backend: AdminBackend, token: str, control: Control | None = None,
 
 def _add_changes(app: web.Application, control: Control, backend: AdminBackend) -> None:
     validators = {name: openapi.validator(name)
-                  for name in ("Weights", "Rules", "Version", "Rollback", "Explain", "Flag")}
+                  for name in ("Weights", "Rules", "Version", "Rollback", "Explain", "Flag", "Rollout")}
 
     async def body(request: web.Request, schema: str) -> dict[str, Any]:
         """The JSON body, checked against the schema the OpenAPI document publishes for it."""
@@ -265,6 +268,11 @@ def _add_changes(app: web.Application, control: Control, backend: AdminBackend) 
         key, flag = request.match_info["key"], await body(request, "Flag")
         return await apply(request, f"flag {key}", lambda doc, old: overlay.set_flag(doc, old, key, flag))
 
+    async def flag_rollout(request: web.Request) -> web.Response:
+        key, rollout = request.match_info["key"], (await body(request, "Rollout"))["rollout"]
+        what = f"rollout of flag {key}: " + ", ".join(f"{k}={v}%" for k, v in rollout.items())
+        return await apply(request, what, lambda doc, old: overlay.set_flag_rollout(doc, old, key, rollout))
+
     async def delete_flag(request: web.Request) -> web.Response:
         key = request.match_info["key"]
         return await apply(request, f"delete flag {key}", lambda doc, old: overlay.delete_flag(doc, old, key))
@@ -305,6 +313,7 @@ def _add_changes(app: web.Application, control: Control, backend: AdminBackend) 
     app.router.add_get("/v1/flags", flags)
     app.router.add_put("/v1/flags/{key}", put_flag)
     app.router.add_delete("/v1/flags/{key}", delete_flag)
+    app.router.add_put("/v1/flags/{key}/rollout", flag_rollout)
     app.router.add_post("/v1/flags/{key}/enable", switch(True, "enable"))
     app.router.add_post("/v1/flags/{key}/disable", switch(False, "disable"))
     app.router.add_post("/v1/flags/{key}/kill", switch(False, "kill switch:"))
@@ -336,6 +345,7 @@ def _add_ofrep(app: web.Application, backend: AdminBackend) -> None:
 
     def evaluated(key: str, context: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         result = backend.routing_state().flags.evaluate(key, context.get("targetingKey"), context)
+        backend.count_flag(key, result.variant if result.error_code is None else "error")
         if result.error_code is not None:
             status = 404 if result.error_code == "FLAG_NOT_FOUND" else 400
             return status, {"key": key, "errorCode": result.error_code, "errorDetails": result.error_details or ""}

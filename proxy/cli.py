@@ -9,6 +9,10 @@
     turnout diff A B                                        what changed between two generations
     turnout rollback GENERATION                             a new generation equal to an old one
     turnout reload                                          re-read the config file and certificates
+    turnout flags list                                      feature flags and their rollouts
+    turnout flags set KEY on=20 off=80                      change a flag's percentage rollout
+    turnout flags set KEY --file FLAG.json                  create or replace a flag
+    turnout flags enable|disable|kill KEY                   switch a flag (kill: off for everyone, now)
 
 The client commands talk to the admin API: ``--admin URL`` (or TURNOUT_ADMIN_URL, default
 http://127.0.0.1:9901) and ``--token`` (or TURNOUT_ADMIN_TOKEN, or ``--token-file``, default
@@ -68,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     rollback = sub.add_parser("rollback", parents=[client], help="roll back to a generation")
     rollback.add_argument("generation", type=int)
     sub.add_parser("reload", parents=[client], help="re-read the config file and certificates")
+    flags = sub.add_parser("flags", parents=[client], help="feature flags")
+    flags.add_argument("action", choices=["list", "set", "enable", "disable", "kill"])
+    flags.add_argument("key", nargs="?")
+    flags.add_argument("rollout", nargs="*", metavar="VARIANT=PERCENT")
+    flags.add_argument("--file", help="a JSON file with the whole flag (the config's flag syntax)")
     args = parser.parse_args(argv)
 
     if args.command == "check":
@@ -131,6 +140,8 @@ def _client_command(args: argparse.Namespace) -> int:
         answer = api.call("GET", f"/v1/generations/{args.before}/diff/{args.after}")
         text = "\n".join(f"{c['path']}: {json.dumps(c['before'])} -> {json.dumps(c['after'])}"
                          for c in answer["changes"]) or "no differences"
+    elif args.command == "flags":
+        answer, text = _flags(api, args)
     elif args.command == "reload":
         answer = api.call("POST", "/v1/reload")
         text = f"generation {answer['generation']}: {answer['what']}"
@@ -139,6 +150,41 @@ def _client_command(args: argparse.Namespace) -> int:
         text = f"generation {answer['generation']}: {answer['what']}"
     print(json.dumps(answer, indent=2) if args.json else text)
     return 0
+
+
+def _flags(api: AdminClient, args: argparse.Namespace) -> tuple[Any, str]:
+    if args.action == "list":
+        answer = api.call("GET", "/v1/flags")
+        lines = []
+        for key, flag in answer["flags"].items():
+            state = "on " if flag["enabled"] else "off"
+            rollout = " ".join(f"{v}={p:g}%" for v, p in flag.get("rollout", {}).items()) or "-"
+            lines.append(f"{key:<20} {state} default={flag['default']:<10} rules={flag['rules']}  rollout {rollout}")
+        return answer, "\n".join(lines) or "no flags"
+    if not args.key:
+        raise ClientError(f"flags {args.action} needs a flag key")
+    if args.action == "set":
+        if args.file:
+            try:
+                with open(args.file, encoding="utf-8") as handle:
+                    flag = json.load(handle)
+            except (OSError, ValueError) as exc:
+                raise ClientError(f"cannot read {args.file}: {exc}") from None
+            answer = api.call("PUT", f"/v1/flags/{args.key}", flag)
+        elif args.rollout:
+            shares: dict[str, float] = {}
+            for item in args.rollout:
+                variant, value = _pair(item)
+                try:
+                    shares[variant] = float(value.rstrip("%"))
+                except ValueError:
+                    raise ClientError(f"percentages are numbers, got {item!r}") from None
+            answer = api.call("PUT", f"/v1/flags/{args.key}/rollout", {"rollout": shares})
+        else:
+            raise ClientError("flags set needs VARIANT=PERCENT pairs or --file")
+    else:
+        answer = api.call("POST", f"/v1/flags/{args.key}/{args.action}")
+    return answer, f"generation {answer['generation']}: {answer['what']}"
 
 
 def _pair(text: str) -> tuple[str, str]:

@@ -24,6 +24,7 @@ import logging
 import signal
 import socket
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,7 @@ class Fleet:
         self.draining = False
         self._ids = itertools.count(1)
         self._changed = asyncio.Event()
+        self.flag_counts: Counter[tuple[str, str]] = Counter()  # OFREP evaluations answered here
 
     # -- the desired state
 
@@ -153,6 +155,9 @@ class Fleet:
     def ready(self) -> bool:
         return not self.draining
 
+    def count_flag(self, key: str, variant: str | None) -> None:
+        self.flag_counts[(key, variant or "error")] += 1
+
     async def collect(self) -> list[dict[str, Any]]:
         """A fresh snapshot from every worker (one scrape shows them all)."""
         loop = asyncio.get_running_loop()
@@ -164,7 +169,11 @@ class Fleet:
             self._send(member, {"type": "stats", "id": request})
             waiters.append(waiter)
         results = await asyncio.gather(*(asyncio.wait_for(w, 5) for w in waiters), return_exceptions=True)
-        return [r for r in results if isinstance(r, dict)]
+        snapshots = [r for r in results if isinstance(r, dict)]
+        if snapshots and self.flag_counts:  # the supervisor's own OFREP answers, added to one worker's
+            snapshots[0]["flags"] = [*snapshots[0].get("flags", []),
+                                     *([flag, variant, count] for (flag, variant), count in self.flag_counts.items())]
+        return snapshots
 
     async def converge(self, generation: int, timeout: float) -> list[dict[str, Any]]:
         """Wait until every worker serves ``generation``; say where each one is."""

@@ -52,6 +52,10 @@ class _Snapshots:
             "(malformed, no service, redirects).", labels=["code_class"])
         reloads = CounterMetricFamily("turnout_config_reloads", "Config reloads by result.", labels=["result"])
         connections = GaugeMetricFamily("turnout_active_connections", "Open client connections.")
+        flag_evaluations = CounterMetricFamily(
+            "turnout_flag_evaluations", "Feature flag evaluations (OFREP and injected), by flag and variant.",
+            labels=["flag", "variant"])
+        flag_counts: dict[tuple[str, str], int] = {}
         generation = GaugeMetricFamily(
             "turnout_generation", "Routing generation each worker serves.", labels=["worker"])
 
@@ -65,6 +69,8 @@ class _Snapshots:
             reload_counts["success"] += snapshot["reloads_ok"]
             reload_counts["failure"] += snapshot["reloads_failed"]
             unrouted_counts = [a + b for a, b in zip(unrouted_counts, snapshot["unrouted"], strict=True)]
+            for flag, variant, count in snapshot.get("flags", []):
+                flag_counts[(flag, variant)] = flag_counts.get((flag, variant), 0) + count
             for entry in snapshot["versions"]:
                 key = (entry["service"], entry["version"])
                 total = per_version.setdefault(key, {
@@ -93,8 +99,10 @@ class _Snapshots:
         for result, count in reload_counts.items():
             reloads.add_metric([result], count)
         connections.add_metric([], open_connections)
+        for (flag, variant), count in sorted(flag_counts.items()):
+            flag_evaluations.add_metric([flag, variant], count)
         return [requests, duration, connect_errors, timeouts, retries, ejections, unrouted, reloads, connections,
-                generation]
+                generation, flag_evaluations]
 
 
 def render(snapshots: Sequence[dict[str, Any]]) -> bytes:

@@ -50,6 +50,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                        "salt": {"type": "string"}},
         "additionalProperties": False,
     },
+    "Rollout": {
+        "type": "object", "required": ["rollout"], "additionalProperties": False,
+        "properties": {"rollout": {"type": "object", "minProperties": 1,
+                                   "additionalProperties": {"type": "number", "minimum": 0}}},
+    },
     "Change": {
         "type": "object", "required": ["generation", "at", "who", "what"],
         "properties": {"generation": {"type": "integer"}, "at": {"type": "string"}, "who": {"type": "string"},
@@ -129,6 +134,8 @@ DOCUMENT: dict[str, Any] = {
                        "responses": {"200": {"description": "deleted", **_json("Change")},
                                      **_errors(400, 401, 403, 404, 409, 422)}},
         },
+        "/v1/flags/{key}/rollout": {"put": _change(
+            "Rollout", "change a flag's percentage rollout", [_path_param("key")])},
         **{f"/v1/flags/{{key}}/{action}": {"post": {
             "summary": f"{action} a flag", "parameters": [_path_param("key")],
             "responses": {"200": {"description": "done", **_json("Change")}, **_errors(400, 401, 403, 404, 409, 422)},

@@ -21,7 +21,7 @@ import copy
 from typing import Any
 
 __all__ = ["FLAGS", "ChangeError", "delete_flag", "diff", "merge", "replace_rules", "set_flag", "set_flag_enabled",
-           "set_version", "set_weights"]
+           "set_flag_rollout", "set_version", "set_weights"]
 
 FLAGS = "@flags"  # the overlay's flags (no service name can start with '@'): key -> flag document or None
 
@@ -147,6 +147,13 @@ def set_flag_enabled(effective: Document, overlay: Overlay, key: str, enabled: b
     """Switch a flag on or off (off: everyone gets its default variant, at once: the kill switch)."""
     flag = copy.deepcopy(_flag(effective, key))
     flag["enabled"] = enabled
+    return set_flag(effective, overlay, key, flag)
+
+
+def set_flag_rollout(effective: Document, overlay: Overlay, key: str, rollout: dict[str, Any]) -> Overlay:
+    """Change only a flag's percentage rollout (its buckets move minimally, as for splits)."""
+    flag = copy.deepcopy(_flag(effective, key))
+    flag["rollout"] = dict(rollout)
     return set_flag(effective, overlay, key, flag)
 
 

@@ -12,6 +12,7 @@ Pure data: no I/O, no clock. Durations come in as arguments.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import Counter
 from dataclasses import dataclass, field
 
 __all__ = ["LATENCY_BOUNDS", "VersionStats", "WorkerStats"]
@@ -62,6 +63,7 @@ class WorkerStats:
     unrouted: list[int] = field(default_factory=lambda: [0, 0, 0, 0, 0, 0])  # answered without a version
     reloads_ok: int = 0
     reloads_failed: int = 0
+    flags: Counter[tuple[str, str]] = field(default_factory=Counter)  # evaluations by (flag, variant)
 
     def version(self, service: str, version: str) -> VersionStats:
         found = self.versions.get((service, version))
@@ -77,6 +79,7 @@ class WorkerStats:
             "reloads_ok": self.reloads_ok,
             "reloads_failed": self.reloads_failed,
             "unrouted": list(self.unrouted),
+            "flags": [[flag, variant, count] for (flag, variant), count in self.flags.items()],
             "versions": [
                 {"service": service, "version": version, **stats.snapshot()}
                 for (service, version), stats in self.versions.items()

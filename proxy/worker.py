@@ -173,6 +173,9 @@ class Worker:
     def ready(self) -> bool:
         return not self.draining
 
+    def count_flag(self, key: str, variant: str | None) -> None:
+        self.stats.flags[(key, variant or "error")] += 1
+
     def _probes(self) -> list[Probe]:
         """The active checks the current snapshot asks for (one per endpoint of versions with health)."""
         probes = []

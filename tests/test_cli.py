@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import yaml
 
 from .test_admin_changes import config_text, versions, wait_admin
 
@@ -82,3 +83,35 @@ async def test_explain_and_dry_run(upstreams, spawn_proxy, tmp_path: Path) -> No
     preview = await asyncio.to_thread(turnout, "weights", "set", "shop", "v1=50", "v2=50", "--dry-run", *token, env=env)
     assert preview.stdout.splitlines() == ["shop/default: 40.0% of sticky users would move",
                                            "  v1 -> v2: 4000 buckets (40.0%)"]
+
+
+async def test_flags_commands_and_their_metrics(upstreams, spawn_proxy, tmp_path: Path) -> None:
+    up = await upstreams("v1")
+    process = spawn_proxy(yaml.safe_dump({
+        "listen": "127.0.0.1:0", "admin": {"listen": "127.0.0.1:0"},
+        "services": {"s": {"versions": {"v1": [up.address]}, "split": {"v1": 1}, "sticky": {"header": "x-user"},
+                           "inject_flags": {"flags": ["checkout"]}}},
+        "flags": {"checkout": {"variants": {"on": True, "off": False}, "default": "off",
+                               "rollout": {"on": 10, "off": 90}}},
+    }, sort_keys=False))
+    await wait_admin(process)
+    line = next(line for line in process.output().splitlines() if "admin API on" in line)
+    env = {"TURNOUT_ADMIN_URL": "http://127.0.0.1:" + line.split("http://127.0.0.1:")[1].split()[0]}
+    token = ["--token-file", str(tmp_path / "admin.token")]
+    listed = await asyncio.to_thread(turnout, "flags", "list", *token, env=env)
+    assert "checkout" in listed.stdout and "rollout on=10% off=90%" in listed.stdout
+    raised = await asyncio.to_thread(turnout, "flags", "set", "checkout", "on=25", "off=75", *token, env=env)
+    assert raised.stdout.strip() == "generation 2: rollout of flag checkout: on=25.0%, off=75.0%", raised.stderr
+    killed = await asyncio.to_thread(turnout, "flags", "kill", "checkout", *token, env=env)
+    assert killed.stdout.strip() == "generation 3: kill switch: flag checkout"
+    bad = await asyncio.to_thread(turnout, "flags", "set", "checkout", "on=25", "off=70", *token, env=env)
+    assert bad.returncode == 1 and "percentages must add up to 100" in bad.stderr
+    async with aiohttp.ClientSession() as session:
+        for i in range(5):
+            async with session.get(f"http://127.0.0.1:{process.port}/", headers={"X-User": f"u{i}"}) as response:
+                assert response.status == 200
+        async with session.get(env["TURNOUT_ADMIN_URL"] + "/metrics",
+                               headers={"Authorization": "Bearer " + (tmp_path / "admin.token").read_text().strip()}
+                               ) as response:
+            text = await response.text()
+    assert 'turnout_flag_evaluations_total{flag="checkout",variant="off"} 5.0' in text  # killed: all off
