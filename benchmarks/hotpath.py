@@ -62,9 +62,23 @@ class MemoryTransport:
     def write_eof(self) -> None: ...
 
 
-def run(requests: int, size: int = 100) -> float:
+def config_with_flags(count: int) -> str:
+    """The benchmark config, with ``count`` flags (a targeting rule and a 10 % rollout each) injected."""
+    if not count:
+        return CONFIG
+    flags = "".join(
+        f"  flag{i}:\n    variants: {{'yes': true, 'no': false}}\n    default: 'no'\n"
+        f"    rules: [{{match: {{context: {{plan: pro}}}}, variant: 'yes'}}]\n"
+        f"    rollout: {{'yes': 10, 'no': 90}}\n"
+        for i in range(count)
+    )
+    keys = ", ".join(f"flag{i}" for i in range(count))
+    return CONFIG + f"    inject_flags: {{flags: [{keys}]}}\nflags:\n" + flags
+
+
+def run(requests: int, size: int = 100, flags: int = 0) -> float:
     answer = response(size)
-    worker = Worker(config_module.parse(CONFIG, "hotpath"))
+    worker = Worker(config_module.parse(config_with_flags(flags), "hotpath"))
     client = MemoryTransport()
     down = Downstream(worker, worker.listeners["http"])
     down.connection_made(client)  # type: ignore[arg-type]
@@ -94,14 +108,15 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200_000)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--size", type=int, default=100, help="response body bytes")
+    parser.add_argument("--flags", type=int, default=0, help="flags evaluated and injected per request")
     args = parser.parse_args()
     if args.profile:
         profile = cProfile.Profile()
-        profile.runcall(run, args.requests, args.size)
+        profile.runcall(run, args.requests, args.size, args.flags)
         pstats.Stats(profile).sort_stats("tottime").print_stats(20)
     else:
-        best = min(run(args.requests, args.size) for _ in range(3))
-        print(f"{best:.2f} µs of Python per proxied request ({args.size}-byte responses)")
+        best = min(run(args.requests, args.size, args.flags) for _ in range(3))
+        print(f"{best:.2f} µs of Python per proxied request ({args.size}-byte responses, {args.flags} flags)")
 
 
 if __name__ == "__main__":

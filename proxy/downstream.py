@@ -324,13 +324,8 @@ class Downstream(asyncio.Protocol):
                 cookie, sticky.max_age)
         if inject is not None:
             flag_key = decision.assigned_key or (service.flag_key(request) if service.flag_key else None)
-            context = {"targetingKey": flag_key} if flag_key else {}
-            evaluations = [state.flags.evaluate(flag, flag_key, context, request) for flag in inject.flags]
-            counted = worker.stats.flags
-            for evaluation in evaluations:
-                counted[(evaluation.key, evaluation.variant or "error")] += 1
-            value = ", ".join(f"{e.key}={e.variant}" for e in evaluations).encode()
-            lines += (inject.header.encode(), b": ", value, b"\r\n")
+            injected = state.flags.header(inject.flags, flag_key, request, worker.stats.flags)
+            lines += (inject.header.encode(), b": ", injected.encode(), b"\r\n")
         out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n", *lines]
         out += (b"X-Forwarded-For: ", forwarded_for + b", " if forwarded_for else b"",
                 self.client_ip_bytes, b"\r\nX-Forwarded-Proto: ", self.listening.scheme,

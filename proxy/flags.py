@@ -14,6 +14,7 @@ TARGETING_KEY_MISSING when a rollout needs a key and none was given).
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -60,10 +61,14 @@ class _Rule:
 
 
 class _Compiled:
-    __slots__ = ("bucketer", "flag", "rollout", "rules", "values")
+    __slots__ = ("bucketer", "default", "enabled", "flag", "injected_rules", "key", "labels", "rollout", "rules",
+                 "values")
 
     def __init__(self, flag: Flag, old: Tables) -> None:
         self.flag = flag
+        self.key = flag.key
+        self.enabled = flag.enabled
+        self.default = flag.default
         self.values = dict(flag.variants)
         self.bucketer = Bucketer(flag.salt)
         self.rules = tuple(
@@ -72,6 +77,35 @@ class _Compiled:
             for i, rule in enumerate(flag.rules)
         )
         self.rollout = _Rollout(flag.rollout, old.get((flag.key, "rollout"))) if flag.rollout else None
+        # Built once, so that injecting and counting allocate nothing per request.
+        self.labels = {variant: (f"{flag.key}={variant}", (flag.key, variant)) for variant in self.values}
+        # An injected evaluation's context holds only the targeting key: rules that test other context
+        # attributes can never match there, so injection does not even try them.
+        self.injected_rules = tuple(rule for rule in self.rules if all(
+            condition.attribute == "targetingKey" or condition.op == "absent" for condition in rule.context))
+
+    def decide(self, targeting_key: str | None, context: Mapping[str, Any], request: Request | None,
+               rules: tuple[_Rule, ...] | None = None) -> tuple[str, str, str | None]:
+        """(variant, reason, error code): the one decision both OFREP and injection use."""
+        if not self.enabled:
+            return self.default, "DISABLED", None
+        for rule in self.rules if rules is None else rules:
+            if rule.predicate is not None and (request is None or not rule.predicate(request)):
+                continue  # request conditions hold only where there is a request
+            if rule.context and not all(_holds(condition, context, targeting_key) for condition in rule.context):
+                continue
+            if rule.variant is not None:
+                return rule.variant, "TARGETING_MATCH", None
+            assert rule.rollout is not None
+            return self._split(rule.rollout, targeting_key, "TARGETING_MATCH")
+        if self.rollout is not None:
+            return self._split(self.rollout, targeting_key, "SPLIT")
+        return self.default, "DEFAULT" if self.rules else "STATIC", None
+
+    def _split(self, rollout: _Rollout, targeting_key: str | None, reason: str) -> tuple[str, str, str | None]:
+        if not targeting_key:
+            return self.default, "ERROR", "TARGETING_KEY_MISSING"
+        return rollout.variants[self.bucketer.bucket(targeting_key.encode())], reason, None
 
 
 class FlagSet:
@@ -97,30 +131,22 @@ class FlagSet:
         compiled = self.flags.get(key)
         if compiled is None:
             return Evaluation(key, None, None, "ERROR", "FLAG_NOT_FOUND", f"no flag {key!r}")
-        flag = compiled.flag
-        if not flag.enabled:
-            return Evaluation(key, compiled.values[flag.default], flag.default, "DISABLED")
-        for rule in compiled.rules:
-            if rule.predicate is not None and (request is None or not rule.predicate(request)):
-                continue  # request conditions hold only where there is a request
-            if not all(_holds(condition, context, targeting_key) for condition in rule.context):
-                continue
-            if rule.variant is not None:
-                return Evaluation(key, compiled.values[rule.variant], rule.variant, "TARGETING_MATCH")
-            assert rule.rollout is not None
-            return self._split(compiled, rule.rollout, targeting_key, "TARGETING_MATCH")
-        if compiled.rollout is not None:
-            return self._split(compiled, compiled.rollout, targeting_key, "SPLIT")
-        reason = "DEFAULT" if compiled.rules else "STATIC"
-        return Evaluation(key, compiled.values[flag.default], flag.default, reason)
+        variant, reason, error = compiled.decide(targeting_key, context, request)
+        details = "a percentage rollout needs a targeting key" if error == "TARGETING_KEY_MISSING" else None
+        return Evaluation(key, compiled.values[variant], variant, reason, error, details)
 
-    def _split(self, compiled: _Compiled, rollout: _Rollout, targeting_key: str | None, reason: str) -> Evaluation:
-        flag = compiled.flag
-        if not targeting_key:
-            return Evaluation(flag.key, compiled.values[flag.default], flag.default, "ERROR", "TARGETING_KEY_MISSING",
-                              "a percentage rollout needs a targeting key")
-        variant = rollout.variants[compiled.bucketer.bucket(targeting_key.encode())]
-        return Evaluation(flag.key, compiled.values[variant], variant, reason)
+    def header(self, keys: tuple[str, ...], targeting_key: str | None, request: Request,
+               counts: Counter[tuple[str, str]]) -> str:
+        """The injected header value, ``key=variant, key=variant``, counting each evaluation."""
+        context = {"targetingKey": targeting_key} if targeting_key else {}
+        parts = []
+        for key in keys:
+            compiled = self.flags[key]
+            decided = compiled.decide(targeting_key, context, request, compiled.injected_rules)
+            label, counted = compiled.labels[decided[0]]
+            counts[counted] += 1
+            parts.append(label)
+        return ", ".join(parts)
 
 
 def _holds(condition: ContextCondition, context: Mapping[str, Any], targeting_key: str | None) -> bool:
