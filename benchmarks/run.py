@@ -188,8 +188,15 @@ def haproxy_proxy(work: Path) -> subprocess.Popen[bytes]:
     return pinned(PROXY_CORE, ["haproxy", "-f", str(conf)])
 
 
-def turnout_proxy(work: Path) -> subprocess.Popen[bytes]:
-    conf = work / "turnout.yaml"
+def turnout_proxy(work: Path, flags: int = 0) -> subprocess.Popen[bytes]:
+    conf = work / f"turnout-{flags}.yaml"
+    inject = ""
+    if flags:  # N flags, each with a targeting rule and a 10 % rollout, injected into every request
+        keys = ", ".join(f"flag{i}" for i in range(flags))
+        inject = f"    inject_flags: {{flags: [{keys}]}}\nflags:\n" + "".join(
+            f"  flag{i}: {{variants: {{'yes': true, 'no': false}}, default: 'no', "
+            f"rules: [{{match: {{context: {{plan: pro}}}}, variant: 'yes'}}], rollout: {{'yes': 10, 'no': 90}}}}\n"
+            for i in range(flags))
     conf.write_text(
         "listeners:\n"
         f"  - {{name: http, listen: 127.0.0.1:{PROXY_PORT}}}\n"
@@ -200,6 +207,7 @@ def turnout_proxy(work: Path) -> subprocess.Popen[bytes]:
         "    rules:\n"
         "      - {name: testers, match: {headers: {x-canary: always}}, version: v2}\n"
         "      - {name: default, split: {v1: 90, v2: 10}, sticky: {header: x-user-id}}\n"
+        + inject
     )
     env = {**os.environ, "TURNOUT_LOG_LEVEL": "WARNING"}
     return pinned(PROXY_CORE, [sys.executable, "-m", "proxy", "--config", str(conf)], cwd=ROOT, env=env,
@@ -326,7 +334,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=8, help="seconds of load per run")
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--flags", type=int, default=0,
+                        help="also measure Turnout with this many flags injected into every request")
     args = parser.parse_args()
+    if args.flags:
+        PROXIES[f"turnout+{args.flags}flags"] = lambda work: turnout_proxy(work, args.flags)
     if os.cpu_count() is None or os.cpu_count() < 2:  # type: ignore[operator]
         print("needs two cores: one for the proxy, one for wrk and the upstreams", file=sys.stderr)
         return 1
