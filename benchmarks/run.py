@@ -368,7 +368,7 @@ def main() -> int:
             upstreams.wait(15)
     table, summary = summarise(rounds)
     command = f"python benchmarks/run.py --rounds {args.rounds} --duration {args.duration:g} " \
-              f"--connections {args.connections}"
+              f"--connections {args.connections}" + (f" --flags {args.flags}" if args.flags else "")
     print(f"`{command}` on {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}\n{table}")
     out = ROOT / "benchmarks" / "results"
     out.mkdir(exist_ok=True)
