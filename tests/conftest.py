@@ -193,6 +193,16 @@ class ProxyProcess:
     def output(self) -> str:
         return self.log_path.read_text()
 
+    def admin_url(self) -> str:
+        """The admin API's base URL, from the log line it prints once it listens."""
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            found = re.search(r"admin API on (http://[\d.]+:\d+)", self.output())
+            if found:
+                return found.group(1)
+            time.sleep(0.02)
+        raise RuntimeError(f"no admin API: {self.output()}")
+
     def signal(self, sig: int) -> None:
         self.process.send_signal(sig)
 

@@ -197,21 +197,14 @@ async def test_the_proxy_process_serves_the_admin_api(upstreams, spawn_proxy, tm
         "admin": {"listen": "127.0.0.1:0"},
         "services": {"s": service({"v1": [up.address]}, version="v1")},
     }))
-    found = None
-    for _ in range(100):
-        found = next((line for line in process.output().splitlines() if "admin API on" in line), None)
-        if found:
-            break
-        await asyncio.sleep(0.05)
-    assert found is not None
-    port = int(found.split("http://127.0.0.1:")[1].split()[0])
+    base = process.admin_url()
     token = (tmp_path / "admin.token").read_text().strip()
     async with aiohttp.ClientSession() as session:
         async with session.get(f"http://127.0.0.1:{process.port}/x") as response:
             assert response.status == 200
-        async with session.get(f"http://127.0.0.1:{port}/metrics", headers=bearer(token)) as response:
+        async with session.get(f"{base}/metrics", headers=bearer(token)) as response:
             text = await response.text()
-        async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+        async with session.get(f"{base}/metrics") as response:
             assert response.status == 401
     assert samples(text)[("turnout_requests_total",
                           frozenset({"service": "s", "version": "v1", "code_class": "2xx"}.items()))] == 1

@@ -28,8 +28,7 @@ def config_text(v1: str, v2: str, weights: dict[str, int] | None = None) -> str:
 
 class Admin:
     def __init__(self, process: Any, tmp_path: Path) -> None:
-        line = next(line for line in process.output().splitlines() if "admin API on" in line)
-        self.base = "http://127.0.0.1:" + line.split("http://127.0.0.1:")[1].split()[0]
+        self.base = process.admin_url()
         self.headers = {"Authorization": "Bearer " + (tmp_path / "admin.token").read_text().strip(),
                         "X-Turnout-Actor": "test"}
 
@@ -42,11 +41,7 @@ class Admin:
 
 
 async def wait_admin(process: Any) -> None:
-    for _ in range(100):
-        if "admin API on" in process.output():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(process.output())
+    await asyncio.to_thread(process.admin_url)
 
 
 async def versions(session: aiohttp.ClientSession, port: int, users: range) -> dict[str, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,13 +32,7 @@ def admin_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, s
     }))
     process = ProxyProcess(path)
     try:
-        for _ in range(200):
-            if "admin API on" in process.output():
-                break
-            time.sleep(0.05)
-        line = next(line for line in process.output().splitlines() if "admin API on" in line)
-        yield "http://127.0.0.1:" + line.split("http://127.0.0.1:")[1].split()[0], \
-            (directory / "admin.token").read_text().strip()
+        yield process.admin_url(), (directory / "admin.token").read_text().strip()
     finally:
         process.stop()
 

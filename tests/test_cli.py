@@ -24,8 +24,7 @@ async def test_status_weights_generations_diff_rollback(upstreams, spawn_proxy, 
     v1, v2 = await upstreams("v1"), await upstreams("v2")
     process = spawn_proxy(config_text(v1.address, v2.address))
     await wait_admin(process)
-    line = next(line for line in process.output().splitlines() if "admin API on" in line)
-    env = {"TURNOUT_ADMIN_URL": "http://127.0.0.1:" + line.split("http://127.0.0.1:")[1].split()[0],
+    env = {"TURNOUT_ADMIN_URL": process.admin_url(),
            "USER": "alice"}
     token_file = str(tmp_path / "admin.token")
 
@@ -74,8 +73,7 @@ async def test_explain_and_dry_run(upstreams, spawn_proxy, tmp_path: Path) -> No
     v1, v2 = await upstreams("v1"), await upstreams("v2")
     process = spawn_proxy(config_text(v1.address, v2.address, {"v1": 90, "v2": 10}))
     await wait_admin(process)
-    line = next(line for line in process.output().splitlines() if "admin API on" in line)
-    env = {"TURNOUT_ADMIN_URL": "http://127.0.0.1:" + line.split("http://127.0.0.1:")[1].split()[0]}
+    env = {"TURNOUT_ADMIN_URL": process.admin_url()}
     token = ["--token-file", str(tmp_path / "admin.token")]
     why = await asyncio.to_thread(turnout, "explain", "--host", "shop.test", "-H", "X-Beta=1", *token, env=env)
     assert why.returncode == 0, why.stderr
@@ -95,8 +93,7 @@ async def test_flags_commands_and_their_metrics(upstreams, spawn_proxy, tmp_path
                                "rollout": {"on": 10, "off": 90}}},
     }, sort_keys=False))
     await wait_admin(process)
-    line = next(line for line in process.output().splitlines() if "admin API on" in line)
-    env = {"TURNOUT_ADMIN_URL": "http://127.0.0.1:" + line.split("http://127.0.0.1:")[1].split()[0]}
+    env = {"TURNOUT_ADMIN_URL": process.admin_url()}
     token = ["--token-file", str(tmp_path / "admin.token")]
     listed = await asyncio.to_thread(turnout, "flags", "list", *token, env=env)
     assert "checkout" in listed.stdout and "rollout on=10% off=90%" in listed.stdout

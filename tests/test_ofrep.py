@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
@@ -48,12 +47,7 @@ def turnout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
     finally:
         del os.environ["APP_FLAGS_TOKEN"]  # the proxy read it at start; the tests must not leak it
     try:
-        for _ in range(200):
-            if "admin API on" in process.output():
-                break
-            time.sleep(0.05)
-        line = next(line for line in process.output().splitlines() if "admin API on" in line)
-        yield "http://127.0.0.1:" + line.split("http://127.0.0.1:")[1].split()[0], "app-read-only", process
+        yield process.admin_url(), "app-read-only", process
     finally:
         process.stop()
 
@@ -144,12 +138,7 @@ async def test_injected_flags_agree_with_ofrep_for_every_key(upstreams, spawn_pr
                            "inject_flags": {"header": "X-Flags", "flags": ["checkout", "banner"]}}},
         "flags": FLAGS,
     }))
-    for _ in range(100):
-        if "admin API on" in process.output():
-            break
-        await asyncio.sleep(0.05)
-    line = next(line for line in process.output().splitlines() if "admin API on" in line)
-    base = "http://127.0.0.1:" + line.split("http://127.0.0.1:")[1].split()[0]
+    base = process.admin_url()
     auth = {"Authorization": "Bearer " + (tmp_path / "admin.token").read_text().strip()}
     async with aiohttp.ClientSession() as session:
         for i in range(1000):
@@ -174,12 +163,7 @@ async def test_flags_by_admin_api_growth_kill_switch_and_bad_definitions(upstrea
                            "inject_flags": {"flags": ["banner"]}}},
         "flags": {"banner": FLAGS["banner"]},
     }))
-    for _ in range(100):
-        if "admin API on" in process.output():
-            break
-        await asyncio.sleep(0.05)
-    line = next(line for line in process.output().splitlines() if "admin API on" in line)
-    base = "http://127.0.0.1:" + line.split("http://127.0.0.1:")[1].split()[0]
+    base = process.admin_url()
     auth = {"Authorization": "Bearer " + (tmp_path / "admin.token").read_text().strip()}
     checkout = {"variants": {"on": True, "off": False}, "default": "off", "rollout": {"on": 10, "off": 90}}
     users = [f"user-{i}" for i in range(1000)]
