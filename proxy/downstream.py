@@ -310,8 +310,8 @@ class Downstream(asyncio.Protocol):
         spoofed = inject is not None and inject.header in fields  # never pass on a client's own flags
         if assigned or spoofed:
             skip = {b"cookie"} if assigned else set()
-            if spoofed and inject is not None:
-                skip.add(inject.header.encode())
+            if spoofed:
+                skip.add(service.inject_header)
             lines = self.end_to_end(tokens or set(), skip)
         if assigned and decision.sticky is not None:
             # A fresh sticky key: the upstream sees it as if the client had sent it (in the one Cookie
@@ -325,7 +325,7 @@ class Downstream(asyncio.Protocol):
         if inject is not None:
             flag_key = decision.assigned_key or (service.flag_key(request) if service.flag_key else None)
             injected = state.flags.header(inject.flags, flag_key, request, worker.stats.flags)
-            lines += (inject.header.encode(), b": ", injected.encode(), b"\r\n")
+            lines += (service.inject_header, b": ", injected.encode(), b"\r\n")
         out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n", *lines]
         out += (b"X-Forwarded-For: ", forwarded_for + b", " if forwarded_for else b"",
                 self.client_ip_bytes, b"\r\nX-Forwarded-Proto: ", self.listening.scheme,
@@ -343,7 +343,6 @@ class Downstream(asyncio.Protocol):
             self,
             head=b"".join(out),
             target=endpoint,
-            version=decision.version.name,
             chunked=chunked,
             head_request=head_request,
             client_keep_alive=keep_alive,

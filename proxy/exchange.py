@@ -77,11 +77,10 @@ class Exchange:
         "tried",
         "upgrade",
         "upstream_until_close",
-        "version",
     )
 
     def __init__(self, down: Downstream, *, head: bytes = b"", target: Target | None = None,
-                 version: str = "", chunked: bool = False, head_request: bool = False,
+                 chunked: bool = False, head_request: bool = False,
                  client_keep_alive: bool = True, http11: bool = True, upgrade: bool = False,
                  retryable: bool = False, expect_continue: bool = False, set_cookie: bytes = b"",
                  local: bytes | None = None, close_after: bool = False, status: int = 0,
@@ -89,7 +88,6 @@ class Exchange:
         self.down = down
         self.head = head
         self.target = target
-        self.version = version
         self.chunked = chunked
         self.head_request = head_request
         self.client_keep_alive = client_keep_alive
@@ -235,8 +233,7 @@ class Exchange:
         if route is None or target is None or self.finished:
             return False
         worker = self.down.worker
-        if worker.health.failure(target.address, route.addresses, route.outlier, worker.now) and self.stats:
-            self.stats.ejections += 1
+        self.count_failure(route, target)
         if self.attempts >= route.retries.attempts or self.response_started:
             return False
         self.tried.add(target.address)
@@ -249,6 +246,12 @@ class Exchange:
         self.target, self.conn, self.reused = other, None, False
         self.connect_upstream()
         return True
+
+    def count_failure(self, route: VersionRoute, target: Target) -> None:
+        """A failed try counts against its endpoint (passive health), and may eject it."""
+        worker = self.down.worker
+        if worker.health.failure(target.address, route.addresses, route.outlier, worker.now) and self.stats:
+            self.stats.ejections += 1
 
     def finish(self) -> None:
         if not self.finished:
@@ -462,8 +465,6 @@ class Exchange:
             conn.exchange = None
             conn.transport.abort()
         # A read timeout may follow a request the upstream is still acting on: count it, never retry it.
-        route, target, worker = self.route, self.target, self.down.worker
-        if route is not None and target is not None and \
-                worker.health.failure(target.address, route.addresses, route.outlier, worker.now) and self.stats:
-            self.stats.ejections += 1
+        if self.route is not None and self.target is not None:
+            self.count_failure(self.route, self.target)
         self.fail(504, "upstream timed out")

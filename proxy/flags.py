@@ -61,11 +61,9 @@ class _Rule:
 
 
 class _Compiled:
-    __slots__ = ("bucketer", "default", "enabled", "flag", "injected_rules", "key", "labels", "rollout", "rules",
-                 "values")
+    __slots__ = ("bucketer", "default", "enabled", "injected_rules", "key", "labels", "rollout", "rules", "values")
 
     def __init__(self, flag: Flag, old: Tables) -> None:
-        self.flag = flag
         self.key = flag.key
         self.enabled = flag.enabled
         self.default = flag.default
@@ -138,7 +136,6 @@ class FlagSet:
     def header(self, keys: tuple[str, ...], targeting_key: str | None, request: Request,
                counts: Counter[tuple[str, str]]) -> str:
         """The injected header value, ``key=variant, key=variant``, counting each evaluation."""
-        context = {"targetingKey": targeting_key} if targeting_key else {}
         encoded = targeting_key.encode() if targeting_key else None
         parts = []
         for key in keys:
@@ -149,6 +146,7 @@ class FlagSet:
                 variant = rollout.variants[compiled.bucketer.bucket(encoded)] if encoded is not None \
                     else compiled.default
             else:
+                context = {"targetingKey": targeting_key} if targeting_key else {}
                 variant = compiled.decide(targeting_key, context, request, compiled.injected_rules)[0]
             label, counted = compiled.labels[variant]
             counts[counted] += 1

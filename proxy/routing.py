@@ -95,12 +95,11 @@ FLAG_PREFIX = "flag:"  # flag tables share the state file with split tables: kee
 class VersionRoute:
     """A version's endpoints in a snapshot, picked round-robin, with its service's failure policies."""
 
-    __slots__ = ("_next", "addresses", "draining", "endpoints", "name", "outlier", "retries", "service")
+    __slots__ = ("_next", "addresses", "draining", "endpoints", "name", "outlier", "retries")
 
-    def __init__(self, service: str, name: str, endpoints: tuple[Target, ...],
+    def __init__(self, name: str, endpoints: tuple[Target, ...],
                  outlier: Outlier = _NO_OUTLIER, retries: Retries = _NO_RETRIES,
                  draining: tuple[Target, ...] = ()) -> None:
-        self.service = service
         self.name = name
         self.endpoints = endpoints  # the ones that take new requests
         self.draining = draining  # still listed, finishing what they have, taking nothing new
@@ -140,11 +139,10 @@ class VersionRoute:
 class Decision:
     """Where one request goes and why. (A plain slotted class: built per request, so it must be cheap.)"""
 
-    __slots__ = ("assigned_key", "bucket", "rule", "service", "sticky", "version")
+    __slots__ = ("assigned_key", "bucket", "rule", "sticky", "version")
 
-    def __init__(self, service: str, rule: str, version: VersionRoute, bucket: int | None,
+    def __init__(self, rule: str, version: VersionRoute, bucket: int | None,
                  assigned_key: str | None = None, sticky: Sticky | None = None) -> None:
-        self.service = service
         self.rule = rule
         self.version = version
         self.bucket = bucket  # None when the choice was not sticky
@@ -196,7 +194,7 @@ class RuleRoute:
 
 
 class ServiceRoute:
-    __slots__ = ("config", "flag_key", "name", "rules", "versions")
+    __slots__ = ("config", "flag_key", "inject_header", "name", "rules", "versions")
 
     def __init__(self, config: Service, versions: dict[str, VersionRoute], rules: tuple[RuleRoute, ...]) -> None:
         self.config = config
@@ -207,18 +205,20 @@ class ServiceRoute:
         # that "this user is on v2" and "this user has the flag" are decided on the same key.
         splits = [rule.split for rule in rules if rule.split is not None]
         self.flag_key = splits[-1].key if splits else None
+        self.inject_header = config.inject_flags.header.encode() if config.inject_flags is not None else b""
+
 
     def decide(self, request: Request, draw: Callable[[], int]) -> Decision:
         for rule in self.rules:
             if rule.predicate is None or rule.predicate(request):
                 if rule.version is not None:
-                    return Decision(self.name, rule.name, rule.version, None)
+                    return Decision(rule.name, rule.version, None)
                 split = rule.split
                 assert split is not None
                 version, bucket, assigned = split.choose(request, draw)
                 if assigned is None:
-                    return Decision(self.name, rule.name, version, bucket)
-                return Decision(self.name, rule.name, version, bucket, assigned, split.sticky)
+                    return Decision(rule.name, version, bucket)
+                return Decision(rule.name, version, bucket, assigned, split.sticky)
         raise AssertionError("the last rule matches every request")  # guaranteed by config validation
 
 
@@ -352,7 +352,7 @@ def build(config: Config, previous: RoutingState | None = None, generation: int 
         bucketer = Bucketer(service.salt)
         versions = {
             v.name: VersionRoute(
-                service.name, v.name,
+                v.name,
                 tuple(_target(service, v, e) for e in v.endpoints if e not in v.draining),
                 service.outlier, service.retries,
                 tuple(_target(service, v, e) for e in v.endpoints if e in v.draining),

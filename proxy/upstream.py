@@ -34,7 +34,8 @@ class Pool:
     """Connections to one endpoint: idle ones (LIFO, so a warm one is reused first), a cap on all
     open ones, and the exchanges waiting for a connection when the cap is reached."""
 
-    __slots__ = ("address", "closed", "host", "idle", "limits", "open", "port", "server_name", "ssl", "waiters")
+    __slots__ = ("address", "closed", "host", "idle", "limits", "open", "port", "server_name", "ssl", "tls_key",
+                 "waiters")
 
     def __init__(self, host: str, port: int, limits: PoolLimits, ssl: SSLContext | None = None,
                  server_name: str | None = None) -> None:
@@ -44,6 +45,7 @@ class Pool:
         self.limits = limits
         self.ssl = ssl  # replaced on reload; connections already open keep their session
         self.server_name = server_name
+        self.tls_key: tuple[str, str] | None = None  # the (service, version) whose TLS settings it uses
         self.idle: list[UpstreamConnection] = []
         self.open = 0  # established and connecting
         self.waiters: deque[Exchange] = deque()

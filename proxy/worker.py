@@ -76,7 +76,6 @@ class Worker:
             for listener in config.listeners
         }
         self.pools: dict[str, Pool] = {}
-        self._pool_tls: dict[str, tuple[str, str]] = {}  # pool address -> the version whose TLS it uses
         self.downstreams: set[Downstream] = set()
         self.draw = functools.partial(random.Random().getrandbits, 64)
         self.now = 0.0
@@ -121,8 +120,7 @@ class Worker:
                 target.host, target.port, self.limits,
                 upstream_tls.context if upstream_tls else None, upstream_tls.server_name if upstream_tls else None,
             )
-            if target.tls is not None:
-                self._pool_tls[target.address] = target.tls
+            pool.tls_key = target.tls
         return pool
 
     def apply(self, config: Config, tables: dict[tuple[str, str], buckets.Table] | None = None) -> None:
@@ -146,9 +144,9 @@ class Worker:
                 listening.terminator.certificates = certificates
         if self._sweeper is not None:  # started: the checks follow the endpoints of the new snapshot
             self.checker.update(self._probes())
-        for address, pool in self.pools.items():
+        for pool in self.pools.values():
             pool.limits = config.limits
-            key = self._pool_tls.get(address)
+            key = pool.tls_key
             if key is not None and key in material.upstreams:
                 pool.ssl = material.upstreams[key].context
                 pool.server_name = material.upstreams[key].server_name
