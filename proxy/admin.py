@@ -432,7 +432,7 @@ def describe_flags(state: RoutingState) -> dict[str, Any]:
                                  "variants": dict(flag.variants), "rules": len(flag.rules)}
         if flag.rollout is not None and compiled.rollout is not None:
             entry["rollout"] = {variant: share / 1000 for variant, share in flag.rollout}
-            entry["buckets"] = dict(Counter(compiled.rollout.variants))
+            entry["buckets"] = dict(Counter(compiled.rollout.table.owners))
         described[flag.key] = entry
     return described
 

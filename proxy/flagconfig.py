@@ -87,7 +87,8 @@ def _flag(parser: _Parser, key: str, raw: Any, path: str) -> Flag:
     if len(kinds) > 1:
         found = ", ".join(sorted(map(str, kinds)))
         raise parser.fail(f"{path}.variants", f"all variants must have one type, got {found}")
-    names = list(variants_raw)
+    # Variant names go into the injected header as ``key=variant, ...``: plain names keep it unambiguous.
+    names = [parser.name(name, f"{path}.variants.{name}", "variant name") for name in variants_raw]
     default = parser.string(body.get("default"), f"{path}.default")
     if default not in names:
         raise parser.fail(f"{path}.default", _unknown(default, names))

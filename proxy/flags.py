@@ -1,9 +1,10 @@
 """Feature flag evaluation on the same bucket function that routes requests.
 
 Rule 1: pure. A flag set is compiled once per snapshot; evaluating is a dict lookup, the targeting rules
-in order, and for a percentage rollout one hash of the targeting key with the flag's salt and one table
-index. Rollout tables are rebalanced like split tables (``buckets.rebalance_table``): raising a rollout
-from 10 % to 20 % keeps every key that had the variant, and lowering it gives back the newest first.
+in order, and for a percentage rollout one table index by the key's shared flag bucket (see ``hashing``:
+one hash of the targeting key serves every flag; each flag's salt permutes the buckets). Rollout tables
+are rebalanced like split tables (``buckets.rebalance_table``): raising a rollout from 10 % to 20 % keeps
+every key that had the variant, and lowering it gives back the newest first.
 
 Reasons follow OpenFeature/OFREP: STATIC (nothing to decide: the default), TARGETING_MATCH (a rule
 matched), SPLIT (the percentage rollout decided), DISABLED (the flag is switched off: its default),
@@ -14,13 +15,13 @@ TARGETING_KEY_MISSING when a rollout needs a key and none was given).
 from __future__ import annotations
 
 import re
-from collections import Counter
+from array import array
 from collections.abc import Mapping
 from typing import Any
 
 from . import buckets
 from .flagconfig import ContextCondition, Flag, semver
-from .hashing import Bucketer
+from .hashing import FLAG_KEYS, permutation
 from .routing import Predicate, Request, compile_match
 
 __all__ = ["Evaluation", "FlagSet"]
@@ -42,11 +43,14 @@ class Evaluation:
 
 
 class _Rollout:
-    __slots__ = ("table", "variants")
+    __slots__ = ("by_key", "table")
 
-    def __init__(self, shares: tuple[tuple[str, int], ...], old: buckets.Table | None) -> None:
+    def __init__(self, shares: tuple[tuple[str, int], ...], old: buckets.Table | None, shuffle: array[int]) -> None:
         self.table = buckets.rebalance_table(old, {variant: share for variant, share in shares if share > 0})
-        self.variants = self.table.owners
+        owners = self.table.owners
+        # Indexed by the key's shared flag bucket: the flag's own bucket is ``shuffle[shared]``, looked up
+        # here once per snapshot instead of on every request.
+        self.by_key = [owners[bucket] for bucket in shuffle]
 
 
 class _Rule:
@@ -61,30 +65,37 @@ class _Rule:
 
 
 class _Compiled:
-    __slots__ = ("bucketer", "default", "enabled", "injected_rules", "key", "labels", "rollout", "rules", "values")
+    __slots__ = ("by_key", "default", "enabled", "injected_rules", "key", "labels", "rollout", "rules", "values")
 
     def __init__(self, flag: Flag, old: Tables) -> None:
         self.key = flag.key
         self.enabled = flag.enabled
         self.default = flag.default
         self.values = dict(flag.variants)
-        self.bucketer = Bucketer(flag.salt)
+        shuffle = permutation(flag.salt)
         self.rules = tuple(
             _Rule(compile_match(rule.match), rule.context, rule.variant,
-                  _Rollout(rule.rollout, old.get((flag.key, f"rules[{i}]"))) if rule.rollout else None)
+                  _Rollout(rule.rollout, old.get((flag.key, f"rules[{i}]")), shuffle) if rule.rollout else None)
             for i, rule in enumerate(flag.rules)
         )
-        self.rollout = _Rollout(flag.rollout, old.get((flag.key, "rollout"))) if flag.rollout else None
+        self.rollout = _Rollout(flag.rollout, old.get((flag.key, "rollout")), shuffle) if flag.rollout else None
         # Built once, so that injecting and counting allocate nothing per request.
         self.labels = {variant: (f"{flag.key}={variant}", (flag.key, variant)) for variant in self.values}
         # An injected evaluation's context holds only the targeting key: rules that test other context
         # attributes can never match there, so injection does not even try them.
         self.injected_rules = tuple(rule for rule in self.rules if all(
             condition.attribute == "targetingKey" or condition.op == "absent" for condition in rule.context))
+        # The common injected case, a plain percentage rollout, decided ahead: (label, counted) by the
+        # key's shared flag bucket, so injecting it costs one list index.
+        self.by_key = [self.labels[variant] for variant in self.rollout.by_key] \
+            if self.enabled and self.rollout is not None and not self.injected_rules else None
 
     def decide(self, targeting_key: str | None, context: Mapping[str, Any], request: Request | None,
-               rules: tuple[_Rule, ...] | None = None) -> tuple[str, str, str | None]:
-        """(variant, reason, error code): the one decision both OFREP and injection use."""
+               rules: tuple[_Rule, ...] | None = None, shared: int | None = None) -> tuple[str, str, str | None]:
+        """(variant, reason, error code): the one decision both OFREP and injection use.
+
+        ``shared`` is the key's shared flag bucket when the caller has it already (injection hashes once
+        for all flags)."""
         if not self.enabled:
             return self.default, "DISABLED", None
         for rule in self.rules if rules is None else rules:
@@ -95,15 +106,18 @@ class _Compiled:
             if rule.variant is not None:
                 return rule.variant, "TARGETING_MATCH", None
             assert rule.rollout is not None
-            return self._split(rule.rollout, targeting_key, "TARGETING_MATCH")
+            return self._split(rule.rollout, targeting_key, shared, "TARGETING_MATCH")
         if self.rollout is not None:
-            return self._split(self.rollout, targeting_key, "SPLIT")
+            return self._split(self.rollout, targeting_key, shared, "SPLIT")
         return self.default, "DEFAULT" if self.rules else "STATIC", None
 
-    def _split(self, rollout: _Rollout, targeting_key: str | None, reason: str) -> tuple[str, str, str | None]:
+    def _split(self, rollout: _Rollout, targeting_key: str | None, shared: int | None,
+               reason: str) -> tuple[str, str, str | None]:
         if not targeting_key:
             return self.default, "ERROR", "TARGETING_KEY_MISSING"
-        return rollout.variants[self.bucketer.bucket(targeting_key.encode())], reason, None
+        if shared is None:
+            shared = FLAG_KEYS.bucket(targeting_key.encode())
+        return rollout.by_key[shared], reason, None
 
 
 class FlagSet:
@@ -134,21 +148,19 @@ class FlagSet:
         return Evaluation(key, compiled.values[variant], variant, reason, error, details)
 
     def header(self, keys: tuple[str, ...], targeting_key: str | None, request: Request,
-               counts: Counter[tuple[str, str]]) -> str:
+               counts: dict[tuple[str, str], int]) -> str:
         """The injected header value, ``key=variant, key=variant``, counting each evaluation."""
-        encoded = targeting_key.encode() if targeting_key else None
+        shared = FLAG_KEYS.bucket(targeting_key.encode()) if targeting_key else None
         parts = []
         for key in keys:
             compiled = self.flags[key]
-            rollout = compiled.rollout
-            if compiled.enabled and rollout is not None and not compiled.injected_rules:
-                # The common case, inlined (the same decision as ``decide``): a plain percentage rollout.
-                variant = rollout.variants[compiled.bucketer.bucket(encoded)] if encoded is not None \
-                    else compiled.default
+            by_key = compiled.by_key
+            if by_key is not None and shared is not None:
+                label, counted = by_key[shared]
             else:
                 context = {"targetingKey": targeting_key} if targeting_key else {}
-                variant = compiled.decide(targeting_key, context, request, compiled.injected_rules)[0]
-            label, counted = compiled.labels[variant]
+                variant = compiled.decide(targeting_key, context, request, compiled.injected_rules, shared)[0]
+                label, counted = compiled.labels[variant]
             counts[counted] += 1
             parts.append(label)
         return ", ".join(parts)

@@ -3,15 +3,22 @@
 BLAKE2b from the standard library: the same bytes give the same bucket in every process, on every
 machine and in every Python version (Python's ``hash()`` is randomised per process, so never that).
 The salt is hashed once per snapshot; per request we only copy that state and feed the key.
+
+Flags are the exception to "one hash per salt": a request that carries five injected flags would pay
+five hashes. So a flag's bucket is ``permutation(flag salt)[H(FLAG_SALT, key) mod BUCKETS]``: one hash
+of the key serves every flag, and each flag's salt picks its own fixed shuffle of the buckets, which
+keeps flags independent of each other (and of routing) just as separate hashes would.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from array import array
 
 from .buckets import BUCKETS
 
-__all__ = ["Bucketer"]
+__all__ = ["FLAG_KEYS", "Bucketer", "permutation"]
 
 
 class Bucketer:
@@ -29,3 +36,24 @@ class Bucketer:
         h = self._base.copy()
         h.update(key)
         return int.from_bytes(h.digest(), "big") % self.buckets
+
+
+# The one hash of a targeting key that every flag shares (its salt is no flag's: flags permute it).
+FLAG_KEYS = Bucketer("turnout flags")
+
+
+@functools.lru_cache(maxsize=256)
+def permutation(salt: str, buckets: int = BUCKETS) -> array[int]:
+    """A fixed shuffle of the buckets for ``salt``: buckets sorted by ``H(salt, bucket number)``.
+
+    Built from the hash alone (not ``random``, whose algorithms may change between Python versions),
+    so every process agrees. About 5 ms; cached, since a flag keeps its salt across snapshots.
+    """
+    base = hashlib.blake2b(salt.encode() + b"\0", digest_size=8)
+
+    def rank(bucket: int) -> bytes:
+        h = base.copy()
+        h.update(bucket.to_bytes(4, "big"))
+        return h.digest()
+
+    return array("I", sorted(range(buckets), key=rank))

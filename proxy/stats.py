@@ -12,7 +12,7 @@ Pure data: no I/O, no clock. Durations come in as arguments.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections import Counter
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 __all__ = ["LATENCY_BOUNDS", "VersionStats", "WorkerStats"]
@@ -63,7 +63,9 @@ class WorkerStats:
     unrouted: list[int] = field(default_factory=lambda: [0, 0, 0, 0, 0, 0])  # answered without a version
     reloads_ok: int = 0
     reloads_failed: int = 0
-    flags: Counter[tuple[str, str]] = field(default_factory=Counter)  # evaluations by (flag, variant)
+    # Evaluations by (flag, variant). A defaultdict, not a Counter: half the cost per increment, and
+    # injection counts every flag of every request.
+    flags: defaultdict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
 
     def version(self, service: str, version: str) -> VersionStats:
         found = self.versions.get((service, version))

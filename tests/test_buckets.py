@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.buckets import BUCKETS, Table, rebalance, rebalance_table, target_counts, transfers
-from proxy.hashing import Bucketer
+from proxy.hashing import Bucketer, permutation
 
 NAMES = ["v1", "v2", "v3", "v4", "v5"]
 
@@ -118,12 +118,12 @@ def test_one_bucket_is_a_hundredth_of_a_percent() -> None:
 SCRIPT = """
 import hashlib
 from proxy.buckets import rebalance
-from proxy.hashing import Bucketer
+from proxy.hashing import Bucketer, permutation
 t = rebalance(None, {"v1": 70, "v2": 20, "v3": 10})
 t = rebalance(t, {"v1": 50, "v2": 30, "v3": 20})
 b = Bucketer("shop")
 keys = [b.bucket(f"user-{i}".encode()) for i in range(2000)]
-print(hashlib.sha256(("|".join(t) + repr(keys)).encode()).hexdigest())
+print(hashlib.sha256(("|".join(t) + repr(keys) + repr(list(permutation("flag")))).encode()).hexdigest())
 """
 
 
@@ -137,7 +137,9 @@ def test_tables_and_hashes_are_identical_in_separate_processes() -> None:
     t = rebalance(rebalance(None, {"v1": 70, "v2": 20, "v3": 10}), {"v1": 50, "v2": 30, "v3": 20})
     b = Bucketer("shop")
     keys = [b.bucket(f"user-{i}".encode()) for i in range(2000)]
-    assert digests == {hashlib.sha256(("|".join(t) + repr(keys)).encode()).hexdigest() + "\n"}
+    shuffle = list(permutation("flag"))
+    assert sorted(shuffle) == list(range(BUCKETS)) and shuffle != sorted(shuffle)
+    assert digests == {hashlib.sha256(("|".join(t) + repr(keys) + repr(shuffle)).encode()).hexdigest() + "\n"}
 
 
 def test_hash_spreads_keys_evenly() -> None:

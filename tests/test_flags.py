@@ -8,7 +8,7 @@ import pytest
 
 from proxy.config import ConfigError, parse
 from proxy.flags import FlagSet
-from proxy.routing import Request
+from proxy.routing import Request, build
 
 SERVICE = "services: {s: {versions: {v1: []}, version: v1}}\n"
 
@@ -99,6 +99,28 @@ def test_the_flag_salt_keeps_flags_independent_of_routing() -> None:
     assert on != [resalted.evaluate("checkout", f"u{i}", {}).value for i in range(2000)]
 
 
+def test_flags_sharing_one_hash_stay_independent_of_each_other_and_of_routing() -> None:
+    # One hash of the key serves every flag (each flag permutes the buckets by its salt): two flags at
+    # 10 % must still overlap like independent draws (1 %), and so must a flag and a 10 % canary.
+    two = SERVICE + "flags:\n" + "".join(
+        f"  f{i}: {{variants: {{'y': true, 'n': false}}, default: 'n', rollout: {{'y': 10, 'n': 90}}}}\n"
+        for i in range(2))
+    flags = flag_set(two)
+    split = build(parse(SERVICE.replace("version: v1", "split: {v1: 90, v2: 10}, sticky: {header: x-user}")
+                        .replace("v1: []", "v1: [], v2: []"), "f.yaml"))
+    keys = [f"user-{i}" for i in range(40_000)]
+    f0 = {k for k in keys if flags.evaluate("f0", k, {}).value}
+    f1 = {k for k in keys if flags.evaluate("f1", k, {}).value}
+    canary = {k for k in keys
+              if split.services["s"].decide(Request("GET", "/", "", {"x-user": k}, ""), lambda: 0).version.name == "v2"}
+    sigma = (40_000 * 0.01 * 0.99) ** 0.5
+    for cohort in (f1, canary):
+        assert abs(len(f0) - 4000) < 5 * (40_000 * 0.1 * 0.9) ** 0.5
+        assert abs(len(f0 & cohort) - len(f0) * len(cohort) / 40_000) < 5 * sigma
+    same_salt = flag_set(two.replace("f1: {", "f1: {salt: f0, "))
+    assert {k for k in keys if same_salt.evaluate("f1", k, {}).value} == f0  # a shared salt: the same users
+
+
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [
@@ -117,6 +139,8 @@ def test_the_flag_salt_keeps_flags_independent_of_routing() -> None:
          "flags.checkout.rules[0].variant: unknown variant 'nope'"),
         ('variants: {"on": true, "off": false}', "variants: {on: true, off: false}",
          "keys must be strings, got True (YAML reads on/off/yes/no as booleans: quote them)"),
+        ('variants: {blue: "#00f", red: "#f00"}', 'variants: {blue: "#00f", "red, dark": "#f00"}',
+         "flags.banner.variants.red, dark: variant name 'red, dark' must be 1-63 letters"),
     ],
 )
 def test_bad_flags_name_the_field(old: str, new: str, message: str) -> None:
