@@ -322,10 +322,11 @@ class Downstream(asyncio.Protocol):
             lines += (b"Cookie: ", b"; ".join([*sent, cookie]), b"\r\n")
             set_cookie = b"Set-Cookie: %s; Path=/; Max-Age=%d; HttpOnly; SameSite=Lax\r\n" % (
                 cookie, sticky.max_age)
-        if inject is not None:
+        if service.injection is not None:
             flag_key = decision.assigned_key or (service.flag_key(request) if service.flag_key else None)
-            injected = state.flags.header(inject.flags, flag_key, request, worker.stats.flags)
-            lines += (service.inject_header, b": ", injected.encode(), b"\r\n")
+            injected = service.injection.header(flag_key, request)
+            worker.stats.injected[injected] += 1
+            lines += (service.inject_header, b": ", injected, b"\r\n")
         out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n", *lines]
         out += (b"X-Forwarded-For: ", forwarded_for + b", " if forwarded_for else b"",
                 self.client_ip_bytes, b"\r\nX-Forwarded-Proto: ", self.listening.scheme,

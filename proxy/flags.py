@@ -20,11 +20,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import buckets
+from .buckets import BUCKETS
 from .flagconfig import ContextCondition, Flag, semver
 from .hashing import FLAG_KEYS, permutation
 from .routing import Predicate, Request, compile_match
 
-__all__ = ["Evaluation", "FlagSet"]
+__all__ = ["Evaluation", "FlagSet", "Injection", "count"]
 
 Tables = dict[tuple[str, str], buckets.Table]
 
@@ -65,7 +66,8 @@ class _Rule:
 
 
 class _Compiled:
-    __slots__ = ("by_key", "default", "enabled", "injected_rules", "key", "labels", "rollout", "rules", "values")
+    __slots__ = ("by_key", "default", "enabled", "injected_rules", "key", "keyed", "labels", "rollout", "rules",
+                 "values")
 
     def __init__(self, flag: Flag, old: Tables) -> None:
         self.key = flag.key
@@ -79,14 +81,14 @@ class _Compiled:
             for i, rule in enumerate(flag.rules)
         )
         self.rollout = _Rollout(flag.rollout, old.get((flag.key, "rollout")), shuffle) if flag.rollout else None
-        # Built once, so that injecting and counting allocate nothing per request.
-        self.labels = {variant: (f"{flag.key}={variant}", (flag.key, variant)) for variant in self.values}
+        self.labels = {variant: f"{flag.key}={variant}" for variant in self.values}  # as injected
         # An injected evaluation's context holds only the targeting key: rules that test other context
         # attributes can never match there, so injection does not even try them.
         self.injected_rules = tuple(rule for rule in self.rules if all(
             condition.attribute == "targetingKey" or condition.op == "absent" for condition in rule.context))
-        # The common injected case, a plain percentage rollout, decided ahead: (label, counted) by the
-        # key's shared flag bucket, so injecting it costs one list index.
+        # Injected, a flag with no such rule (or a disabled one) depends on the key's shared bucket alone.
+        self.keyed = not self.enabled or not self.injected_rules
+        # The common case, a plain percentage rollout, decided ahead by that bucket.
         self.by_key = [self.labels[variant] for variant in self.rollout.by_key] \
             if self.enabled and self.rollout is not None and not self.injected_rules else None
 
@@ -147,23 +149,61 @@ class FlagSet:
         details = "a percentage rollout needs a targeting key" if error == "TARGETING_KEY_MISSING" else None
         return Evaluation(key, compiled.values[variant], variant, reason, error, details)
 
-    def header(self, keys: tuple[str, ...], targeting_key: str | None, request: Request,
-               counts: dict[tuple[str, str], int]) -> str:
-        """The injected header value, ``key=variant, key=variant``, counting each evaluation."""
+    def injection(self, keys: tuple[str, ...]) -> Injection:
+        return Injection(tuple(self.flags[key] for key in keys))
+
+
+class Injection:
+    """The flags one service injects, for one snapshot: the header value for each request.
+
+    When no injected flag looks at the request, the value depends on the key's shared flag bucket alone,
+    so it is built once per bucket, on first use, and then is one hash and one list index per request.
+    (A lazily filled cache, but no clock, no I/O and the same answer either way.)
+    """
+
+    __slots__ = ("distinct", "flags", "memo")
+
+    def __init__(self, flags: tuple[_Compiled, ...]) -> None:
+        self.flags = flags
+        # One slot per shared bucket, and a last one for requests without a key.
+        self.memo: list[bytes | None] | None = [None] * (BUCKETS + 1) if all(f.keyed for f in flags) else None
+        self.distinct: dict[bytes, bytes] = {}  # few distinct values: every bucket holding one shares it
+
+    def header(self, targeting_key: str | None, request: Request) -> bytes:
+        """``key=variant, key=variant`` in the configured order (the caller counts it: see ``count``)."""
         shared = FLAG_KEYS.bucket(targeting_key.encode()) if targeting_key else None
+        memo = self.memo
+        if memo is None:
+            return self._build(targeting_key, shared, request)
+        slot = BUCKETS if shared is None else shared
+        value = memo[slot]
+        if value is None:
+            value = self._build(targeting_key, shared, request)
+            value = memo[slot] = self.distinct.setdefault(value, value)
+        return value
+
+    def _build(self, targeting_key: str | None, shared: int | None, request: Request) -> bytes:
         parts = []
-        for key in keys:
-            compiled = self.flags[key]
+        for compiled in self.flags:
             by_key = compiled.by_key
             if by_key is not None and shared is not None:
-                label, counted = by_key[shared]
+                parts.append(by_key[shared])
             else:
                 context = {"targetingKey": targeting_key} if targeting_key else {}
                 variant = compiled.decide(targeting_key, context, request, compiled.injected_rules, shared)[0]
-                label, counted = compiled.labels[variant]
-            counts[counted] += 1
-            parts.append(label)
-        return ", ".join(parts)
+                parts.append(compiled.labels[variant])
+        return ", ".join(parts).encode()
+
+
+def count(injected: Mapping[bytes, int]) -> dict[tuple[str, str], int]:
+    """Evaluations by (flag, variant) from counts of injected header values: the hot path counts each
+    value once per request, not each flag, and this spreads it out when the numbers are read."""
+    found: dict[tuple[str, str], int] = {}
+    for value, times in injected.items():
+        for part in value.decode().split(", ") if value else ():
+            flag, _, variant = part.partition("=")
+            found[(flag, variant)] = found.get((flag, variant), 0) + times
+    return found
 
 
 def _holds(condition: ContextCondition, context: Mapping[str, Any], targeting_key: str | None) -> bool:

@@ -32,7 +32,7 @@ from .hashing import Bucketer
 __all__ = ["Decision", "Request", "RoutingState", "Target", "build", "normalise_host"]
 
 if TYPE_CHECKING:
-    from .flags import FlagSet
+    from .flags import FlagSet, Injection
 
 
 class Request:
@@ -194,7 +194,7 @@ class RuleRoute:
 
 
 class ServiceRoute:
-    __slots__ = ("config", "flag_key", "inject_header", "name", "rules", "versions")
+    __slots__ = ("config", "flag_key", "inject_header", "injection", "name", "rules", "versions")
 
     def __init__(self, config: Service, versions: dict[str, VersionRoute], rules: tuple[RuleRoute, ...]) -> None:
         self.config = config
@@ -206,6 +206,7 @@ class ServiceRoute:
         splits = [rule.split for rule in rules if rule.split is not None]
         self.flag_key = splits[-1].key if splits else None
         self.inject_header = config.inject_flags.header.encode() if config.inject_flags is not None else b""
+        self.injection: Injection | None = None  # set with the snapshot's flags
 
 
     def decide(self, request: Request, draw: Callable[[], int]) -> Decision:
@@ -368,7 +369,11 @@ def build(config: Config, previous: RoutingState | None = None, generation: int 
 
     flag_tables = {(key.removeprefix(FLAG_PREFIX), part): table for (key, part), table in old_tables.items()
                    if key.startswith(FLAG_PREFIX)}
-    return RoutingState(config, generation, tuple(services), FlagSet(config.flags, tables=flag_tables))
+    flags = FlagSet(config.flags, tables=flag_tables)
+    for route in services:
+        if route.config.inject_flags is not None:
+            route.injection = flags.injection(route.config.inject_flags.flags)
+    return RoutingState(config, generation, tuple(services), flags)
 
 
 def _target(service: Service, version: Version, endpoint: Endpoint) -> Target:

@@ -12,8 +12,10 @@ Pure data: no I/O, no clock. Durations come in as arguments.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+
+from . import flags
 
 __all__ = ["LATENCY_BOUNDS", "VersionStats", "WorkerStats"]
 
@@ -63,9 +65,10 @@ class WorkerStats:
     unrouted: list[int] = field(default_factory=lambda: [0, 0, 0, 0, 0, 0])  # answered without a version
     reloads_ok: int = 0
     reloads_failed: int = 0
-    # Evaluations by (flag, variant). A defaultdict, not a Counter: half the cost per increment, and
-    # injection counts every flag of every request.
-    flags: defaultdict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    flags: Counter[tuple[str, str]] = field(default_factory=Counter)  # OFREP evaluations by (flag, variant)
+    # Injected flag header values, counted once per request (a defaultdict costs half a Counter's
+    # increment); spread into evaluations by (flag, variant) when read.
+    injected: defaultdict[bytes, int] = field(default_factory=lambda: defaultdict(int))
 
     def version(self, service: str, version: str) -> VersionStats:
         found = self.versions.get((service, version))
@@ -81,7 +84,8 @@ class WorkerStats:
             "reloads_ok": self.reloads_ok,
             "reloads_failed": self.reloads_failed,
             "unrouted": list(self.unrouted),
-            "flags": [[flag, variant, count] for (flag, variant), count in self.flags.items()],
+            "flags": [[flag, variant, count] for (flag, variant), count in
+                      (self.flags + Counter(flags.count(self.injected))).items()],
             "versions": [
                 {"service": service, "version": version, **stats.snapshot()}
                 for (service, version), stats in self.versions.items()

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from proxy.config import ConfigError, parse
-from proxy.flags import FlagSet
+from proxy.flags import FlagSet, count
 from proxy.routing import Request, build
 
 SERVICE = "services: {s: {versions: {v1: []}, version: v1}}\n"
@@ -119,6 +119,41 @@ def test_flags_sharing_one_hash_stay_independent_of_each_other_and_of_routing() 
         assert abs(len(f0 & cohort) - len(f0) * len(cohort) / 40_000) < 5 * sigma
     same_salt = flag_set(two.replace("f1: {", "f1: {salt: f0, "))
     assert {k for k in keys if same_salt.evaluate("f1", k, {}).value} == f0  # a shared salt: the same users
+
+
+def request(headers: dict[str, str] | None = None) -> Request:
+    return Request("GET", "/", "", headers or {}, "127.0.0.1")
+
+
+def test_injected_header_is_the_evaluated_variant_of_each_flag() -> None:
+    flags = flag_set()
+    plain = flags.injection(("banner", "limits", "layout"))  # no rule looks at the request: memoised
+    assert plain.memo is not None
+    assert plain.header("u1", request()) == plain.header("u1", request()) == b"banner=blue, limits=small, layout=a"
+    assert plain.header(None, request()) == b"banner=blue, limits=small, layout=a"
+    with_request_rule = flags.injection(("checkout", "banner"))  # x-beta decides: evaluated per request
+    assert with_request_rule.memo is None
+    assert with_request_rule.header("u1", request({"x-beta": "1"})) == b"checkout=on, banner=blue"
+    assert with_request_rule.header(None, request()) == b"checkout=off, banner=blue"  # a rollout needs a key
+    rollout_only = flag_set(FLAGS.replace("      - match: {headers: {x-beta: \"1\"}}\n        variant: \"on\"\n", ""))
+    injection = rollout_only.injection(("checkout",))
+    assert injection.memo is not None
+    for i in range(3000):  # the memo (filled on first use of a bucket) answers what evaluation answers
+        expected = rollout_only.evaluate("checkout", f"k{i % 2000}", {}).variant
+        assert injection.header(f"k{i % 2000}", request()) == f"checkout={expected}".encode()
+    assert len(injection.distinct) == 2
+
+
+def test_injection_applies_rules_on_the_targeting_key() -> None:
+    text = FLAGS.replace("      - match: {headers: {x-beta: \"1\"}}",
+                         "      - match: {context: {targetingKey: {in: [alice]}}}")
+    injection = flag_set(text).injection(("checkout",))
+    assert injection.memo is None
+    assert injection.header("alice", request()) == b"checkout=on"
+
+
+def test_injected_counts_spread_into_evaluations_per_flag() -> None:
+    assert count({b"a=on, b=red": 3, b"a=off, b=red": 2}) == {("a", "on"): 3, ("a", "off"): 2, ("b", "red"): 5}
 
 
 @pytest.mark.parametrize(

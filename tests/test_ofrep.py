@@ -7,6 +7,7 @@ import os
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from openfeature.contrib.provider.ofrep import OFREPProvider
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.exception import ErrorCode
 from openfeature.flag_evaluation import Reason
+from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import ProxyProcess
 
@@ -140,9 +142,10 @@ async def test_injected_flags_agree_with_ofrep_for_every_key(upstreams, spawn_pr
     }))
     base = process.admin_url()
     auth = {"Authorization": "Bearer " + (tmp_path / "admin.token").read_text().strip()}
+    evaluated: Counter[tuple[str, str]] = Counter()
     async with aiohttp.ClientSession() as session:
-        for i in range(1000):
-            user = f"user-{i}"
+        # The second pass over 200 users asks again: answered from the per-bucket memo, it must agree.
+        for user in [f"user-{i}" for i in range(1000)] + [f"user-{i}" for i in range(200)]:
             headers = {"X-User": user, "X-Flags": "checkout=on"}  # a client trying to give itself the flag
             async with session.get(f"http://127.0.0.1:{process.port}/", headers=headers) as response:
                 seen = dict((k.lower(), v) for k, v in (await response.json())["headers"])
@@ -150,9 +153,15 @@ async def test_injected_flags_agree_with_ofrep_for_every_key(upstreams, spawn_pr
                                     json={"context": {"targetingKey": user}}, headers=auth) as response:
                 remote = await response.json()
             assert seen["x-flags"] == f"checkout={remote['variant']}, banner=red", user
+            evaluated.update({("checkout", remote["variant"]): 2, ("banner", "red"): 1})  # injected + OFREP
+        async with session.get(base + "/metrics", headers=auth) as response:
+            text = await response.text()
     injected = [entry for entry in up.seen
                 if "checkout=on" in {k.lower(): v for k, v in entry["headers"]}.get("x-flags", "")]
-    assert 200 < len(injected) < 400  # ~30 % rollout: the client's own header never got through
+    assert 240 < len(injected) < 480  # ~30 % rollout: the client's own header never got through
+    counted = {(s.labels["flag"], s.labels["variant"]): s.value for family in text_string_to_metric_families(text)
+               for s in family.samples if s.name == "turnout_flag_evaluations_total"}
+    assert counted == evaluated
 
 
 async def test_flags_by_admin_api_growth_kill_switch_and_bad_definitions(upstreams, spawn_proxy, tmp_path) -> None:
