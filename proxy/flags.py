@@ -25,7 +25,7 @@ from .flagconfig import ContextCondition, Flag, semver
 from .hashing import FLAG_KEYS, permutation
 from .routing import Predicate, Request, compile_match
 
-__all__ = ["Evaluation", "FlagSet", "Injection", "count"]
+__all__ = ["Evaluation", "FlagSet", "Injection", "per_flag"]
 
 Tables = dict[tuple[str, str], buckets.Table]
 
@@ -170,7 +170,7 @@ class Injection:
         self.distinct: dict[bytes, bytes] = {}  # few distinct values: every bucket holding one shares it
 
     def header(self, targeting_key: str | None, request: Request) -> bytes:
-        """``key=variant, key=variant`` in the configured order (the caller counts it: see ``count``)."""
+        """``key=variant, key=variant`` in the configured order (the caller counts it: see ``per_flag``)."""
         shared = FLAG_KEYS.bucket(targeting_key.encode()) if targeting_key else None
         memo = self.memo
         if memo is None:
@@ -195,7 +195,7 @@ class Injection:
         return ", ".join(parts).encode()
 
 
-def count(injected: Mapping[bytes, int]) -> dict[tuple[str, str], int]:
+def per_flag(injected: Mapping[bytes, int]) -> dict[tuple[str, str], int]:
     """Evaluations by (flag, variant) from counts of injected header values: the hot path counts each
     value once per request, not each flag, and this spreads it out when the numbers are read."""
     found: dict[tuple[str, str], int] = {}

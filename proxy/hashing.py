@@ -5,8 +5,8 @@ machine and in every Python version (Python's ``hash()`` is randomised per proce
 The salt is hashed once per snapshot; per request we only copy that state and feed the key.
 
 Flags are the exception to "one hash per salt": a request that carries five injected flags would pay
-five hashes. So a flag's bucket is ``permutation(flag salt)[H(FLAG_SALT, key) mod BUCKETS]``: one hash
-of the key serves every flag, and each flag's salt picks its own fixed shuffle of the buckets, which
+five hashes. So a flag's bucket is ``permutation(flag salt)[FLAG_KEYS.bucket(key)]``: one hash of
+the key serves every flag, and each flag's salt picks its own fixed shuffle of the buckets, which
 keeps flags independent of each other (and of routing) just as separate hashes would.
 """
 

@@ -15,7 +15,7 @@ from bisect import bisect_left
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from . import flags
+from .flags import per_flag
 
 __all__ = ["LATENCY_BOUNDS", "VersionStats", "WorkerStats"]
 
@@ -85,7 +85,7 @@ class WorkerStats:
             "reloads_failed": self.reloads_failed,
             "unrouted": list(self.unrouted),
             "flags": [[flag, variant, count] for (flag, variant), count in
-                      (self.flags + Counter(flags.count(self.injected))).items()],
+                      (self.flags + Counter(per_flag(self.injected))).items()],
             "versions": [
                 {"service": service, "version": version, **stats.snapshot()}
                 for (service, version), stats in self.versions.items()

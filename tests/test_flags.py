@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from proxy.config import ConfigError, parse
-from proxy.flags import FlagSet, count
+from proxy.flags import FlagSet, per_flag
 from proxy.routing import Request, build
 
 SERVICE = "services: {s: {versions: {v1: []}, version: v1}}\n"
@@ -153,7 +153,7 @@ def test_injection_applies_rules_on_the_targeting_key() -> None:
 
 
 def test_injected_counts_spread_into_evaluations_per_flag() -> None:
-    assert count({b"a=on, b=red": 3, b"a=off, b=red": 2}) == {("a", "on"): 3, ("a", "off"): 2, ("b", "red"): 5}
+    assert per_flag({b"a=on, b=red": 3, b"a=off, b=red": 2}) == {("a", "on"): 3, ("a", "off"): 2, ("b", "red"): 5}
 
 
 @pytest.mark.parametrize(
