@@ -1,5 +1,6 @@
 """Tiny demo upstreams for the default config: each answers any request with its version, in an
-``X-Demo-Version`` header and in the body, so that a curl loop shows the split.
+``X-Demo-Version`` header and in the body, so that a curl loop shows the split; and the flags Turnout
+injected (``X-Turnout-Flags``), if any.
 
     python -m proxy.demo v1=127.0.0.1:9001 v2=127.0.0.1:9002
 """
@@ -17,7 +18,8 @@ __all__ = ["main", "make_app"]
 
 def make_app(version: str) -> web.Application:
     async def answer(request: web.Request) -> web.Response:
-        body = f"hello from {version} ({request.method} {request.path_qs})\n"
+        flags = request.headers.get("X-Turnout-Flags")
+        body = f"hello from {version} ({request.method} {request.path_qs})" + (f" [{flags}]" if flags else "") + "\n"
         return web.Response(text=body, headers={"X-Demo-Version": version})
 
     app = web.Application()
