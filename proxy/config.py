@@ -199,6 +199,7 @@ class Limits:
     read_timeout: float = 60.0
     max_connections_per_endpoint: int = 1024
     max_idle_per_endpoint: int = 128
+    upstream_idle_timeout: float = 60.0
     shutdown_grace: float = 0.5
     drain_timeout: float = 30.0
 

@@ -206,7 +206,7 @@ class Exchange:
         if self.wants_connection():
             self.attach(conn, reused=False)
         else:
-            pool.release(conn)
+            pool.release(conn, self.down.worker.now)
 
     def attach(self, conn: UpstreamConnection, reused: bool) -> None:
         down = self.down

@@ -28,6 +28,8 @@ class PoolLimits(Protocol):
     def max_connections_per_endpoint(self) -> int: ...
     @property
     def max_idle_per_endpoint(self) -> int: ...
+    @property
+    def upstream_idle_timeout(self) -> float: ...
 
 
 class Pool:
@@ -83,7 +85,7 @@ class Pool:
             raise
         return conn
 
-    def release(self, conn: UpstreamConnection) -> None:
+    def release(self, conn: UpstreamConnection, now: float) -> None:
         """Back to the pool after a clean, reusable response; handed straight to a waiter if any."""
         while self.waiters:
             waiter = self.waiters.popleft()
@@ -93,6 +95,7 @@ class Pool:
         if self.closed or len(self.idle) >= self.limits.max_idle_per_endpoint:
             conn.transport.close()
         else:
+            conn.deadline = now + self.limits.upstream_idle_timeout
             self.idle.append(conn)
 
     def lost(self, conn: UpstreamConnection) -> None:
@@ -105,6 +108,14 @@ class Pool:
             if waiter.wants_connection():
                 waiter.open_connection(self)
                 break
+
+    def expire_idle(self, now: float) -> None:
+        """Close connections idle past the timeout (the sweeper calls this). Closing them ourselves,
+        before the upstream's own keep-alive timeout does, keeps requests off connections that are
+        about to close under them. The oldest sit at the bottom of the LIFO stack."""
+        idle = self.idle
+        while idle and idle[0].deadline <= now:
+            idle.pop(0).transport.close()
 
     def close_idle(self) -> None:
         self.closed = True
@@ -177,11 +188,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.done = False
             self.exchange = None
             if self.reusable and not self.body_after_end:
-                self.deadline = float("inf")
                 if self.read_paused:
                     self.read_paused = False
                     self.transport.resume_reading()
-                self.pool.release(self)
+                self.pool.release(self, exchange.down.worker.now)
             else:
                 self.transport.close()
             exchange.response_done()

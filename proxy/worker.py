@@ -208,6 +208,8 @@ class Worker:
                 down.expire(now)
             elif down.queue:
                 down.check_upstream(now)
+        for pool in self.pools.values():
+            pool.expire_idle(now)
 
     async def _sweep(self) -> None:
         loop = asyncio.get_running_loop()

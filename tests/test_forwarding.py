@@ -139,6 +139,52 @@ async def test_keep_alive_reuses_upstream_connections(upstreams, proxy) -> None:
     assert len({entry["peer_port"] for entry in up.seen}) == 1
 
 
+class CountingUpstream:
+    """Answers every request on a connection with a keep-alive 200 and notes each connection it saw
+    closed by the proxy (EOF)."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.closed_by_peer = 0
+
+    async def start(self) -> str:
+        server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        self.server = server
+        return f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"GET ")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial:
+                self.closed_by_peer += 1
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize(("timeout", "expect_closed"), [("300ms", 1), ("60s", 0)])
+async def test_idle_upstream_connections_are_closed_after_the_idle_timeout(
+        proxy, timeout: str, expect_closed: int) -> None:
+    up = CountingUpstream()
+    worker = await proxy(one_version(await up.start()), limits={"upstream_idle_timeout": timeout})
+    url = f"http://127.0.0.1:{worker.port}/"
+    async with aiohttp.ClientSession() as session:
+        for _ in range(2):
+            async with session.get(url) as response:
+                assert await response.read() == b"ok"
+        assert (up.connections, up.closed_by_peer) == (1, 0)  # reused while fresh
+        await asyncio.sleep(1.0)
+        assert up.closed_by_peer == expect_closed
+        async with session.get(url) as response:
+            assert await response.read() == b"ok"
+        assert up.connections == 1 + expect_closed
+    up.server.close()
+
+
 async def test_expect_100_continue(upstreams, proxy) -> None:
     up = await upstreams("v1")
     worker = await proxy(one_version(up.address))
