@@ -170,6 +170,14 @@ def make_app(backend: AdminBackend, token: str, control: Control | None = None,
 # ----------------------------------------------------------------------------------------------- changes
 
 
+async def read_json(request: web.Request) -> Any:
+    """The JSON body. ValueError when it is not JSON, or when it holds a string that is not Unicode:
+    JSON lets ``"\\ud800"`` (a lone surrogate) through, and nothing could encode it later."""
+    data = await request.json()
+    json.dumps(data, ensure_ascii=False).encode()  # UnicodeEncodeError is a ValueError
+    return data
+
+
 def _add_changes(app: web.Application, control: Control, backend: AdminBackend) -> None:
     validators = {name: openapi.validator(name)
                   for name in ("Weights", "Rules", "Version", "Rollback", "Explain", "Flag", "Rollout")}
@@ -177,7 +185,7 @@ def _add_changes(app: web.Application, control: Control, backend: AdminBackend) 
     async def body(request: web.Request, schema: str) -> dict[str, Any]:
         """The JSON body, checked against the schema the OpenAPI document publishes for it."""
         try:
-            data = await request.json()
+            data = await read_json(request)
         except ValueError:
             raise ChangeError(400, "the body must be JSON", "body") from None
         if not isinstance(data, dict):
@@ -330,7 +338,7 @@ def _add_ofrep(app: web.Application, backend: AdminBackend) -> None:
     async def context_of(request: web.Request) -> tuple[dict[str, Any] | None, str, str]:
         """The evaluation context, or (None, errorCode, errorDetails)."""
         try:
-            data = await request.json() if request.can_read_body else {}
+            data = await read_json(request) if request.can_read_body else {}
         except ValueError:
             return None, "PARSE_ERROR", "the body must be JSON"
         if not isinstance(data, dict):

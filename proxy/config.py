@@ -299,7 +299,9 @@ def read_document(text: str, source: str) -> Any:
 
 def from_document(raw: Any, source: str = "<config>") -> Config:
     """Validate a config already read into plain data (a YAML file, or a file merged with admin changes)."""
-    return _Parser(source).config(raw)
+    parser = _Parser(source)
+    parser.unicode(raw, "")
+    return parser.config(raw)
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -321,6 +323,22 @@ class _Parser:
         return ConfigError(self.source, path, message)
 
     # -- generic readers
+
+    def unicode(self, value: Any, path: str) -> None:
+        """Every string must be encodable: YAML's and JSON's "\\ud800" escapes make lone surrogates, which
+        would fail later, far from the field, when a salt is hashed or a header is written."""
+        if isinstance(value, dict):
+            for key, item in value.items():
+                self.unicode(key, path)
+                self.unicode(item, _join(path, str(key)))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                self.unicode(item, f"{path}[{i}]")
+        elif isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise self.fail(path, f"{value!r} is not valid Unicode (a lone surrogate)") from None
 
     def mapping(self, value: Any, path: str, allowed: set[str] | None = None) -> Mapping[str, Any]:
         if value is None:

@@ -116,6 +116,8 @@ async def test_bad_changes_are_4xx_naming_the_field_and_change_nothing(upstreams
          "services.shop.versions.v3.endpoints[0]"),
         ("PUT", weights, {"weights": {"v1": 1, "v2": 1}}, 400, "If-Match"),
         ("POST", "/v1/rollback", {"generation": 99}, 404, "generation"),
+        ("POST", "/v1/explain", b'{"headers": {"x-user": "\\ud800"}}', 400, "body"),  # a lone surrogate
+        ("PUT", "/v1/flags/f", b'{"variants": {"on": true}, "default": "on", "salt": "\\ud800"}', 400, "body"),
     ]
     async with aiohttp.ClientSession() as session:
         before = await versions(session, process.port, range(200))

@@ -37,6 +37,8 @@ def error_of(text: str) -> str:
          "conf.yaml: services.shop.rules[1].split: at least one weight must be more than 0"),
         ('x-beta: "1"', "x-beta: {regex: '('}",
          "conf.yaml: services.shop.rules[0].match.headers.x-beta.regex: bad regular expression"),
+        ('x-beta: "1"', 'x-beta: "\\ud800"',
+         "conf.yaml: services.shop.rules[0].match.headers.x-beta: '\\ud800' is not valid Unicode (a lone surrogate)"),
         ("version: v2}", "version: v9}",
          "conf.yaml: services.shop.rules[0].version: unknown version 'v9'"),
         ("127.0.0.1:9001", "localhost",
