@@ -171,11 +171,19 @@ def make_app(backend: AdminBackend, token: str, control: Control | None = None,
 
 
 async def read_json(request: web.Request) -> Any:
-    """The JSON body. ValueError when it is not JSON, or when it holds a string that is not Unicode:
-    JSON lets ``"\\ud800"`` (a lone surrogate) through, and nothing could encode it later."""
-    data = await request.json()
-    json.dumps(data, ensure_ascii=False).encode()  # UnicodeEncodeError is a ValueError
+    """The JSON body, or ValueError for anything that is not strict JSON (RFC 8259): Python's parser
+    also takes NaN and Infinity, recurses as deep as the nesting goes, and lets ``"\\ud800"`` (a lone
+    surrogate) through, which nothing can encode later."""
+    try:
+        data = json.loads(await request.text(), parse_constant=_not_json)
+        json.dumps(data, ensure_ascii=False).encode()  # UnicodeEncodeError is a ValueError
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
     return data
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _add_changes(app: web.Application, control: Control, backend: AdminBackend) -> None:

@@ -174,7 +174,7 @@ def _rollout(parser: _Parser, raw: Any, path: str, names: list[str]) -> tuple[tu
     for variant, value in body.items():
         if variant not in names:
             raise parser.fail(f"{path}.{variant}", _unknown(variant, names))
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:  # NaN too
             raise parser.fail(f"{path}.{variant}", f"must be a percentage from 0 to 100, got {value!r}")
         thousandths = round(value * 1000)
         if abs(thousandths - value * 1000) > 1e-6:

@@ -117,6 +117,8 @@ async def test_bad_changes_are_4xx_naming_the_field_and_change_nothing(upstreams
         ("PUT", weights, {"weights": {"v1": 1, "v2": 1}}, 400, "If-Match"),
         ("POST", "/v1/rollback", {"generation": 99}, 404, "generation"),
         ("POST", "/v1/explain", b'{"headers": {"x-user": "\\ud800"}}', 400, "body"),  # a lone surrogate
+        ("POST", "/v1/explain", b"[" * 100_000 + b"]" * 100_000, 400, "body"),  # deeper than the parser goes
+        ("PUT", weights, b'{"weights": {"v1": NaN, "v2": 1}}', 400, "body"),  # not JSON, though Python reads it
         ("PUT", "/v1/flags/f", b'{"variants": {"on": true}, "default": "on", "salt": "\\ud800"}', 400, "body"),
     ]
     async with aiohttp.ClientSession() as session:

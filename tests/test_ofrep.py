@@ -113,9 +113,10 @@ def test_bulk_evaluation_etag_and_errors(turnout) -> None:
                            {**auth, "If-None-Match": etag})
     assert status == 200  # another context: another answer
     assert post(base + "/ofrep/v1/evaluate/flags", b"{nope", auth)[2]["errorCode"] == "PARSE_ERROR"
-    lone_surrogate = b'{"context": {"targetingKey": "\\ud800"}}'  # JSON parses it; nothing can encode it
-    assert post(base + "/ofrep/v1/evaluate/flags/checkout", lone_surrogate, auth)[:3:2] == \
-        (400, {"key": "checkout", "errorCode": "PARSE_ERROR", "errorDetails": "the body must be JSON"})
+    for bad in (b'{"context": {"targetingKey": "\\ud800"}}',  # a lone surrogate: parses, cannot be encoded
+                b'{"context": {"targetingKey": "u", "n": NaN}}', b"[" * 100_000 + b"]" * 100_000):
+        assert post(base + "/ofrep/v1/evaluate/flags/checkout", bad, auth)[:3:2] == \
+            (400, {"key": "checkout", "errorCode": "PARSE_ERROR", "errorDetails": "the body must be JSON"})
     status, _, body = post(base + "/ofrep/v1/evaluate/flags/checkout", {"context": []}, auth)
     assert (status, body["errorCode"]) == (400, "INVALID_CONTEXT")
     # The read-only token reaches OFREP only; X-API-Key works too; no token, no answer.
