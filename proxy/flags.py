@@ -66,7 +66,7 @@ class _Rule:
 
 
 class _Compiled:
-    __slots__ = ("by_key", "default", "enabled", "injected_rules", "key", "keyed", "labels", "rollout", "rules",
+    __slots__ = ("default", "enabled", "injected_rules", "key", "keyed", "labels", "plain", "rollout", "rules",
                  "values")
 
     def __init__(self, flag: Flag, old: Tables) -> None:
@@ -88,9 +88,9 @@ class _Compiled:
             condition.attribute == "targetingKey" or condition.op == "absent" for condition in rule.context))
         # Injected, a flag with no such rule (or a disabled one) depends on the key's shared bucket alone.
         self.keyed = not self.enabled or not self.injected_rules
-        # The common case, a plain percentage rollout, decided ahead by that bucket.
-        self.by_key = [self.labels[variant] for variant in self.rollout.by_key] \
-            if self.enabled and self.rollout is not None and not self.injected_rules else None
+        # The common case, a plain percentage rollout: injection reads its table directly.
+        self.plain = self.rollout.by_key if self.enabled and self.rollout is not None and not self.injected_rules \
+            else None
 
     def decide(self, targeting_key: str | None, context: Mapping[str, Any], request: Request | None,
                rules: tuple[_Rule, ...] | None = None, shared: int | None = None) -> tuple[str, str, str | None]:
@@ -184,14 +184,13 @@ class Injection:
 
     def _build(self, targeting_key: str | None, shared: int | None, request: Request) -> bytes:
         parts = []
+        context = {"targetingKey": targeting_key} if targeting_key else {}
         for compiled in self.flags:
-            by_key = compiled.by_key
-            if by_key is not None and shared is not None:
-                parts.append(by_key[shared])
+            if compiled.plain is not None and shared is not None:
+                variant = compiled.plain[shared]
             else:
-                context = {"targetingKey": targeting_key} if targeting_key else {}
                 variant = compiled.decide(targeting_key, context, request, compiled.injected_rules, shared)[0]
-                parts.append(compiled.labels[variant])
+            parts.append(compiled.labels[variant])
         return ", ".join(parts).encode()
 
 
