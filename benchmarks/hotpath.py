@@ -16,9 +16,9 @@ import pstats
 import time
 from typing import Any
 
-from proxy import config as config_module
-from proxy.downstream import Downstream
-from proxy.upstream import UpstreamConnection
+from proxy.core import reader
+from proxy.http.downstream import Downstream
+from proxy.http.upstream import UpstreamConnection
 from proxy.worker import Worker
 
 CONFIG = """
@@ -78,7 +78,7 @@ def config_with_flags(count: int) -> str:
 
 def run(requests: int, size: int = 100, flags: int = 0) -> float:
     answer = response(size)
-    worker = Worker(config_module.parse(config_with_flags(flags), "hotpath"))
+    worker = Worker(reader.parse(config_with_flags(flags), "hotpath"))
     client = MemoryTransport()
     down = Downstream(worker, worker.listeners["http"])
     down.connection_made(client)  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ import os
 import time
 from typing import Any
 
-from .config import AccessLog
+from .core.model import AccessLog
 
 __all__ = ["AccessLogWriter"]
 

@@ -40,11 +40,13 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from . import explain, metrics, openapi, overlay, routing
-from .config import Admin, Condition, ConfigError, Match, Sticky
+from . import metrics, openapi
 from .control import Control, Entry
-from .overlay import ChangeError
-from .routing import Request, RoutingState
+from .core import explain, overlay, routing
+from .core.match import Request
+from .core.model import Admin, Condition, ConfigError, Match, Sticky
+from .core.overlay import ChangeError
+from .core.routing import RoutingState
 
 __all__ = ["AdminBackend", "load_token", "make_app"]
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from . import config as config_module
 from .client import AdminClient, ClientError, resolve
+from .core.model import ConfigError
 
 __all__ = ["main"]
 
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         try:
             cfg = config_module.load(args.config)
-        except config_module.ConfigError as exc:
+        except ConfigError as exc:
             print(f"turnout: {exc}", file=sys.stderr)
             return 2
         print(f"{args.config}: ok ({len(cfg.services)} services)")

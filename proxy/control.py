@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import buckets, overlay, statefile
-from .config import Config, ConfigError, from_document, read_document
-from .overlay import ChangeError, Overlay
-from .routing import RoutingState
+from . import statefile, tls
+from .core import buckets, overlay
+from .core.model import Config, ConfigError
+from .core.overlay import ChangeError, Overlay
+from .core.reader import from_document, read_document
+from .core.routing import RoutingState
 
 __all__ = ["Control", "Entry", "Tables", "decode_tables", "encode_tables"]
 
@@ -134,8 +136,6 @@ class Control:
     def _effective(self, changes: Overlay) -> tuple[Config, Any]:
         document = self._document(changes)
         config = from_document(document, str(self.config_path))
-        from . import tls  # late, as in config.load
-
         tls.check(config)
         return config, document
 

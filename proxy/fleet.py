@@ -28,10 +28,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import routing
-from .config import Config
 from .control import Tables, encode_tables
-from .routing import RoutingState
+from .core import routing
+from .core.model import Config
+from .core.routing import RoutingState
 
 __all__ = ["Fleet"]
 

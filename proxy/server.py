@@ -25,11 +25,11 @@ import uvloop
 from aiohttp import web
 
 from . import admin
-from .config import Config, ConfigError
 from .control import Control, Tables
+from .core.model import Config, ConfigError
+from .core.overlay import ChangeError
+from .core.routing import RoutingState
 from .fleet import Fleet
-from .overlay import ChangeError
-from .routing import RoutingState
 from .worker import Worker, listen_socket
 
 __all__ = ["serve"]

@@ -18,15 +18,17 @@ import socket
 from collections.abc import Coroutine
 from typing import Any
 
-from . import buckets, routing, tls
+from . import tls
 from .accesslog import AccessLogWriter
-from .config import Config, Listener
-from .downstream import Downstream
-from .health import Checker, Health, Probe, RetryBudget
-from .routing import Target
-from .stats import VersionStats, WorkerStats
+from .checker import Checker, Probe
+from .core import buckets, routing
+from .core.health import Health, RetryBudget
+from .core.model import Config, Listener
+from .core.routing import Target
+from .core.stats import VersionStats, WorkerStats
+from .http.downstream import Downstream
+from .http.upstream import Pool
 from .tls import CertificateSet, Terminator
-from .upstream import Pool
 
 __all__ = ["Worker"]
 

@@ -14,8 +14,9 @@ from typing import Any
 
 import uvloop
 
-from .config import ConfigError, from_document
 from .control import decode_tables
+from .core.model import ConfigError
+from .core.reader import from_document
 from .worker import Worker
 
 log = logging.getLogger("turnout")

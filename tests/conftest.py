@@ -20,7 +20,7 @@ import uvloop
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 
-from proxy import config as config_module
+from proxy.core import reader
 from proxy.worker import Worker
 
 from .helpers import config_text
@@ -151,7 +151,7 @@ async def proxy() -> AsyncIterator[Callable[..., Awaitable[Worker]]]:
     workers: list[Worker] = []
 
     async def start(services: dict[str, Any], **top: Any) -> Worker:
-        worker = Worker(config_module.parse(config_text(services, **top), "test.yaml"))
+        worker = Worker(reader.parse(config_text(services, **top), "test.yaml"))
         await worker.start()
         workers.append(worker)
         return worker

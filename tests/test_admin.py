@@ -17,7 +17,8 @@ from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy import admin
-from proxy.config import ConfigError, parse
+from proxy.core.model import ConfigError
+from proxy.core.reader import parse
 from proxy.worker import Worker
 
 from .helpers import RawUpstream, service

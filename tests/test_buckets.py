@@ -12,8 +12,8 @@ from fractions import Fraction
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.buckets import BUCKETS, Table, rebalance, rebalance_table, target_counts, transfers
-from proxy.hashing import Bucketer, permutation
+from proxy.core.buckets import BUCKETS, Table, rebalance, rebalance_table, target_counts, transfers
+from proxy.core.hashing import Bucketer, permutation
 
 NAMES = ["v1", "v2", "v3", "v4", "v5"]
 
@@ -117,8 +117,8 @@ def test_one_bucket_is_a_hundredth_of_a_percent() -> None:
 
 SCRIPT = """
 import hashlib
-from proxy.buckets import rebalance
-from proxy.hashing import Bucketer, permutation
+from proxy.core.buckets import rebalance
+from proxy.core.hashing import Bucketer, permutation
 t = rebalance(None, {"v1": 70, "v2": 20, "v3": 10})
 t = rebalance(t, {"v1": 50, "v2": 30, "v3": 20})
 b = Bucketer("shop")

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import ConfigError, load, parse
+from proxy.config import load
+from proxy.core.model import ConfigError
+from proxy.core.reader import parse
 
 BASE = """
 services:

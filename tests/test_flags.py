@@ -6,9 +6,11 @@ from collections import Counter
 
 import pytest
 
-from proxy.config import ConfigError, parse
-from proxy.flags import FlagSet, per_flag
-from proxy.routing import Request, build
+from proxy.core.flags import FlagSet, per_flag
+from proxy.core.match import Request
+from proxy.core.model import ConfigError
+from proxy.core.reader import parse
+from proxy.core.routing import build
 
 SERVICE = "services: {s: {versions: {v1: []}, version: v1}}\n"
 

@@ -6,13 +6,13 @@ import itertools
 
 import pytest
 
-from proxy import config as config_module
-from proxy import routing
-from proxy.routing import Request, normalise_host
+from proxy.core import reader, routing
+from proxy.core.match import Request
+from proxy.core.routing import normalise_host
 
 
 def build(text: str) -> routing.RoutingState:
-    return routing.build(config_module.parse(text, "t.yaml"))
+    return routing.build(reader.parse(text, "t.yaml"))
 
 
 HOSTS = """
@@ -137,7 +137,7 @@ def test_a_version_without_endpoints_picks_none() -> None:
 def test_reload_rebalances_from_the_previous_snapshot() -> None:
     first = build(SPLIT)
     text = SPLIT.replace("900000", "800000").replace("v2: 100000", "v2: 200000")
-    second = routing.build(config_module.parse(text, "t"), first)
+    second = routing.build(reader.parse(text, "t"), first)
     assert second.generation == first.generation + 1
     old, new = first.tables()[("s", "default")].owners, second.tables()[("s", "default")].owners
     assert all(n == "v2" for o, n in zip(old, new, strict=True) if o == "v2")

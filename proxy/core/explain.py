@@ -10,8 +10,9 @@ from collections import Counter
 from typing import Any
 
 from .buckets import BUCKETS, transfers
-from .config import Condition, Match
-from .routing import Request, RoutingState, ServiceRoute, compile_condition, normalise_host
+from .match import Request, compile_condition
+from .model import Condition, Match
+from .routing import RoutingState, ServiceRoute, normalise_host
 
 __all__ = ["explain", "moves"]
 

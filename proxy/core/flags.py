@@ -23,7 +23,7 @@ from . import buckets
 from .buckets import BUCKETS
 from .flagconfig import ContextCondition, Flag, semver
 from .hashing import FLAG_KEYS, permutation
-from .routing import Predicate, Request, compile_match
+from .match import Predicate, Request, compile_match
 
 __all__ = ["Evaluation", "FlagSet", "Injection", "per_flag"]
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from .config import Match, _Parser
+    from .model import Match
+    from .reader import Reader
 
 __all__ = ["ContextCondition", "Flag", "FlagRule", "parse_flags"]
 
@@ -70,12 +71,12 @@ def semver(text: str) -> tuple[int, int, int, int, str] | None:
     return (int(major), int(minor), int(patch), 0 if pre else 1, pre or "")
 
 
-def parse_flags(parser: _Parser, raw: Any, path: str) -> tuple[Flag, ...]:
+def parse_flags(parser: Reader, raw: Any, path: str) -> tuple[Flag, ...]:
     body = parser.mapping(raw, path)
     return tuple(_flag(parser, key, value, f"{path}.{key}") for key, value in body.items())
 
 
-def _flag(parser: _Parser, key: str, raw: Any, path: str) -> Flag:
+def _flag(parser: Reader, key: str, raw: Any, path: str) -> Flag:
     parser.name(key, path, "flag key")
     body = parser.mapping(raw, path, {"variants", "default", "enabled", "rules", "rollout", "salt"})
     variants_raw = parser.mapping(body.get("variants"), f"{path}.variants")
@@ -118,7 +119,7 @@ def _value_kind(value: Any) -> str | None:
     return None
 
 
-def _rule(parser: _Parser, raw: Any, path: str, names: list[str]) -> FlagRule:
+def _rule(parser: Reader, raw: Any, path: str, names: list[str]) -> FlagRule:
     body = parser.mapping(raw, path, {"match", "variant", "rollout"})
     match_raw = dict(parser.mapping(body.get("match"), f"{path}.match"))
     context_raw = match_raw.pop("context", None)
@@ -134,7 +135,7 @@ def _rule(parser: _Parser, raw: Any, path: str, names: list[str]) -> FlagRule:
     return FlagRule(match, context, rollout=_rollout(parser, body["rollout"], f"{path}.rollout", names))
 
 
-def _context(parser: _Parser, raw: Any, path: str) -> tuple[ContextCondition, ...]:
+def _context(parser: Reader, raw: Any, path: str) -> tuple[ContextCondition, ...]:
     body = parser.mapping(raw, path)
     conditions = []
     for attribute, spec in body.items():
@@ -166,7 +167,7 @@ def _context(parser: _Parser, raw: Any, path: str) -> tuple[ContextCondition, ..
     return tuple(conditions)
 
 
-def _rollout(parser: _Parser, raw: Any, path: str, names: list[str]) -> tuple[tuple[str, int], ...]:
+def _rollout(parser: Reader, raw: Any, path: str, names: list[str]) -> tuple[tuple[str, int], ...]:
     body = parser.mapping(raw, path)
     if not body:
         raise parser.fail(path, "must give a percentage to at least one variant")

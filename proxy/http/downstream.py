@@ -23,14 +23,15 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from ..core.match import Request
+from ..core.routing import normalise_host
 from .exchange import PENDING_LIMIT, Exchange
 from .http1 import HOP_BY_HOP, PLAIN_TOKENS, Reject, connection_tokens, local_response
-from .routing import Request, normalise_host
 
 if TYPE_CHECKING:
-    from .stats import VersionStats
+    from ..core.stats import VersionStats
+    from .context import ListenerView, ServingContext
     from .upstream import UpstreamConnection
-    from .worker import Listening, Worker
 
 __all__ = ["Downstream"]
 
@@ -74,7 +75,7 @@ class Downstream(asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, worker: Worker, listening: Listening) -> None:
+    def __init__(self, worker: ServingContext, listening: ListenerView) -> None:
         self.worker = worker
         self.listening = listening
         self.limits = worker.limits

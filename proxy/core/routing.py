@@ -16,63 +16,18 @@ flight keep the objects they already hold.
 
 from __future__ import annotations
 
-import re
 from bisect import bisect_right
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
-from http.cookies import SimpleCookie
 from itertools import accumulate
-from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl
 
 from . import buckets
-from .config import Condition, Config, Endpoint, Match, Outlier, Retries, Rule, Service, Split, Sticky, Version
+from .flags import FlagSet, Injection
 from .hashing import Bucketer
+from .match import Predicate, Request, compile_match
+from .model import Config, Endpoint, Outlier, Retries, Rule, Service, Split, Sticky, Version
 
-__all__ = ["Decision", "Request", "RoutingState", "Target", "build", "normalise_host"]
-
-if TYPE_CHECKING:
-    from .flags import FlagSet, Injection
-
-
-class Request:
-    """What routing may look at. Header names are lower-case; repeated headers are comma-joined.
-    ``headers`` holds only the headers the snapshot reads (``RoutingState.header_names``)."""
-
-    __slots__ = ("_cookies", "_params", "client_ip", "headers", "method", "path", "query")
-
-    def __init__(self, method: str, path: str, query: str, headers: dict[str, str], client_ip: str) -> None:
-        self.method = method
-        self.path = path
-        self.query = query
-        self.headers = headers
-        self.client_ip = client_ip
-        self._cookies: dict[str, str] | None = None
-        self._params: dict[str, str] | None = None
-
-    @property
-    def cookies(self) -> dict[str, str]:
-        if self._cookies is None:
-            self._cookies = parse_cookies(self.headers.get("cookie", ""))
-        return self._cookies
-
-    @property
-    def params(self) -> dict[str, str]:
-        if self._params is None:
-            params: dict[str, str] = {}
-            for key, value in parse_qsl(self.query, keep_blank_values=True):
-                params.setdefault(key, value)  # the first occurrence wins, as in most frameworks
-            self._params = params
-        return self._params
-
-
-def parse_cookies(header: str) -> dict[str, str]:
-    jar: SimpleCookie = SimpleCookie()
-    try:
-        jar.load(header)
-    except Exception:  # a malformed Cookie header routes as if it had no cookies
-        return {}
-    return {name: morsel.value for name, morsel in jar.items()}
+__all__ = ["Decision", "RoutingState", "Target", "build", "normalise_host"]
 
 
 class Target:
@@ -148,9 +103,6 @@ class Decision:
         self.bucket = bucket  # None when the choice was not sticky
         self.assigned_key = assigned_key  # a fresh sticky key the response must set as a cookie
         self.sticky = sticky  # the stickiness that assigned it
-
-
-Predicate = Callable[[Request], bool]
 
 
 class SplitRoute:
@@ -365,8 +317,6 @@ def build(config: Config, previous: RoutingState | None = None, generation: int 
             for rule in service.rules
         )
         services.append(ServiceRoute(service, versions, rules))
-    from .flags import FlagSet  # late: flags build on this module's matching
-
     flag_tables = {(key.removeprefix(FLAG_PREFIX), part): table for (key, part), table in old_tables.items()
                    if key.startswith(FLAG_PREFIX)}
     flags = FlagSet(config.flags, tables=flag_tables)
@@ -388,64 +338,3 @@ def _compile_rule(rule: Rule, versions: dict[str, VersionRoute], bucketer: Bucke
     assert rule.split is not None
     table = buckets.rebalance_table(old, dict(rule.split.weights))
     return RuleRoute(rule.name, predicate, None, SplitRoute(rule.split, versions, bucketer, table))
-
-
-def compile_match(match: Match) -> Predicate | None:
-    tests: list[Predicate] = []
-    if match.methods is not None:
-        methods = match.methods
-        tests.append(lambda r: r.method in methods)
-    if match.path is not None:
-        path_test = compile_condition(match.path)
-        tests.append(lambda r: path_test(r.path))
-    for name, cond in match.headers:
-        tests.append(_header_test(name, cond))
-    for name, cond in match.cookies:
-        tests.append(_field_test(_cookie(name), cond))
-    for name, cond in match.query:
-        tests.append(_field_test(_param(name), cond))
-    if not tests:
-        return None
-    if len(tests) == 1:
-        return tests[0]
-    return lambda r: all(test(r) for test in tests)
-
-
-def _header_test(name: str, cond: Condition) -> Predicate:
-    """Header conditions are the common case: one closure each, no nested calls."""
-    value = cond.value
-    if cond.kind == "exact":
-        return lambda r: r.headers.get(name) == value
-    if cond.kind == "present":
-        return lambda r: name in r.headers
-    if cond.kind == "absent":
-        return lambda r: name not in r.headers
-    test = compile_condition(cond)
-    return lambda r: test(r.headers.get(name))
-
-
-def _cookie(name: str) -> Callable[[Request], str | None]:
-    return lambda r: r.cookies.get(name)
-
-
-def _param(name: str) -> Callable[[Request], str | None]:
-    return lambda r: r.params.get(name)
-
-
-def _field_test(get: Callable[[Request], str | None], cond: Condition) -> Predicate:
-    test = compile_condition(cond)
-    return lambda r: test(get(r))
-
-
-def compile_condition(cond: Condition) -> Callable[[str | None], bool]:
-    value = cond.value
-    if cond.kind == "exact":
-        return lambda s: s == value
-    if cond.kind == "prefix":
-        return lambda s: s is not None and s.startswith(value)
-    if cond.kind == "regex":
-        pattern = re.compile(value)  # full match, as in Envoy and Gateway API
-        return lambda s: s is not None and pattern.fullmatch(s) is not None
-    if cond.kind == "present":
-        return lambda s: s is not None
-    return lambda s: s is None

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 from .http1 import CRLF, HOP_BY_HOP, LAST_CHUNK, PLAIN_TOKENS, chunk, connection_tokens, local_response, status_line
 
 if TYPE_CHECKING:
+    from ..core.routing import Target, VersionRoute
+    from ..core.stats import VersionStats
     from .downstream import Downstream
-    from .routing import Target, VersionRoute
-    from .stats import VersionStats
     from .upstream import Pool, UpstreamConnection
 
 __all__ = ["Exchange"]

@@ -1,0 +1,72 @@
+"""What the hot path may see of the process that runs it: a narrow serving context.
+
+``Downstream``, ``Exchange`` and ``UpstreamConnection`` read the current snapshot, the coarse clock,
+limits, counters and endpoint health, and ask for a pool or a background task, through these two
+protocols only. The worker (``proxy.worker``) implements them; tests can implement them in a few lines.
+So the hot path never imports the worker, and the worker is the only place that owns sockets,
+sweepers and reloads (uvicorn's ``ServerState`` is the model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ..core.health import Health, RetryBudget
+    from ..core.model import Limits
+    from ..core.routing import RoutingState, Target, VersionRoute
+    from ..core.stats import VersionStats, WorkerStats
+    from .downstream import Downstream
+    from .upstream import Pool
+
+__all__ = ["AccessLog", "ListenerView", "ServingContext"]
+
+
+class ListenerView(Protocol):
+    """The listener a connection arrived on, as the hot path needs it."""
+
+    @property
+    def scheme(self) -> bytes:
+        """``b"http"`` or ``b"https"``, for X-Forwarded-Proto."""
+
+    @property
+    def redirect_https(self) -> int | None:
+        """When set, every request is answered with a redirect to https on this port."""
+
+
+class AccessLog(Protocol):
+    def record(self, fields: dict[str, Any]) -> None: ...
+
+
+class ServingContext(Protocol):
+    """The serving process, as seen from one connection."""
+
+    # Read-only to the hot path: the worker replaces them (the snapshot by one assignment).
+    @property
+    def state(self) -> RoutingState: ...
+    @property
+    def now(self) -> float:
+        """The coarse clock, refreshed by the sweeper."""
+    @property
+    def limits(self) -> Limits: ...
+    @property
+    def stats(self) -> WorkerStats: ...
+    @property
+    def version_stats(self) -> dict[VersionRoute, VersionStats]: ...
+    @property
+    def health(self) -> Health: ...
+    @property
+    def budget(self) -> RetryBudget: ...
+    @property
+    def downstreams(self) -> set[Downstream]: ...
+    @property
+    def draw(self) -> Callable[[], int]:
+        """64 random bits: weighted choices and fresh sticky keys."""
+    @property
+    def access_log(self) -> AccessLog | None: ...
+
+    def pool(self, target: Target) -> Pool: ...
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None: ...
+
