@@ -42,7 +42,7 @@ from aiohttp import web
 
 from . import metrics, openapi
 from .control import Control, Entry
-from .core import explain, overlay, routing
+from .core import explain, overlay
 from .core.match import Request
 from .core.model import Admin, Condition, ConfigError, Match, Sticky
 from .core.overlay import ChangeError
@@ -143,7 +143,8 @@ def make_app(backend: AdminBackend, token: str, control: Control | None = None,
         return web.json_response(view, headers={"ETag": f'"{current.generation}"'})
 
     async def prometheus(request: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(await backend.collect()),
+        reloads = control.reloads if control is not None else None
+        return web.Response(body=metrics.render(await backend.collect(), reloads),
                             headers={"Content-Type": metrics.CONTENT_TYPE})
 
     async def ready(request: web.Request) -> web.Response:
@@ -232,7 +233,7 @@ def _add_changes(app: web.Application, control: Control, backend: AdminBackend) 
         """Apply a change, or with ``?dry_run=true`` only say which sticky users it would move."""
         if request.query.get("dry_run", "").lower() in ("1", "true", "yes"):
             current = backend.routing_state()
-            after = routing.build(control.preview(make), current)
+            after = control.preview(make)
             return web.json_response({"dry_run": True, "generation": current.generation, "what": what,
                                       "splits": explain.moves(current, after)})
         return await changed(control.change(actor(request), what, make, if_match(request)))

@@ -1,17 +1,16 @@
 """Several worker processes on the same listening sockets, and the supervisor's side of talking to them.
 
 Each worker is a separate Python process (``python -m proxy.workerproc``) that inherits the listening
-sockets and one end of a socket pair: the control channel. Messages are JSON lines:
+sockets and one end of a socket pair: the control channel (``channel``), carrying ``core.wire``
+messages. The supervisor is a receiver of ``Control`` that fans out: it sends each ``Snapshot`` (the
+generation, the effective document and the bucket tables, all computed once by ``Control``) to every
+worker, which applies exactly that and answers ``Ack`` or ``Refused``; ``Collect`` / ``Report`` fetch
+counters for a scrape.
 
-    supervisor -> worker   {"type": "config", "document": ..., "tables": ..., "generation": G}
-                           {"type": "stats", "id": N}
-    worker -> supervisor   {"type": "applied", "generation": G}  or  {"type": "refused", "error": "..."}
-                           {"type": "stats", "id": N, "snapshot": {...}}
-
-The supervisor keeps a *mirror* snapshot built by the same pure code the workers run, so it knows the
-generation and the bucket tables without asking; a worker started later (a replacement) gets the
-current document and tables and so holds exactly what its siblings hold. A change returns once every
-worker reports the new generation, or says which did not within the timeout.
+The supervisor keeps a *mirror* snapshot built from the same message, so it answers reads without
+asking; a worker started later (a replacement) gets the current snapshot and so holds exactly what
+its siblings hold. A change returns once every worker reports the new generation, or says which did
+not (and why, if it refused) within the timeout.
 """
 
 from __future__ import annotations
@@ -28,10 +27,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from .control import Tables, encode_tables
-from .core import routing
+from .channel import Channel
+from .core import routing, wire
 from .core.model import Config
 from .core.routing import RoutingState
+from .worker import worker_status
 
 __all__ = ["Fleet"]
 
@@ -44,8 +44,9 @@ RESPAWN_DELAY = 0.5  # seconds before a dead worker is replaced
 class _Member:
     index: int
     process: asyncio.subprocess.Process
-    writer: asyncio.StreamWriter
+    channel: Channel
     generation: int = 0
+    refused: wire.Refused | None = None
     waiting: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
 
 
@@ -57,7 +58,7 @@ class Fleet:
         self.count = count
         self.members: dict[int, _Member] = {}
         self.state: RoutingState | None = None
-        self.message: dict[str, Any] = {}
+        self.snapshot: wire.Snapshot | None = None
         self.stopping = False
         self.draining = False
         self._ids = itertools.count(1)
@@ -66,22 +67,12 @@ class Fleet:
 
     # -- the desired state
 
-    def boot(self, config: Config, document: Any, generation: int, tables: Tables) -> RoutingState:
-        self.state = routing.build(config, generation=generation, tables=tables)
-        self.message = {"type": "config", "source": config.source, "document": document,
-                        "tables": encode_tables(self.state.tables()), "generation": generation}
-        return self.state
-
-    def apply(self, config: Config, document: Any, tables: Tables | None) -> RoutingState:
-        """Control's ``apply``: build the mirror, send the new config to every worker (not waiting)."""
-        self.state = routing.build(config, self.state, tables=tables)
-        # Workers rebalance from their own previous tables, exactly as the mirror did; explicit tables
-        # (a rollback) are sent so that they use them as they are.
-        self.message = {"type": "config", "source": config.source, "document": document,
-                        "tables": encode_tables(tables) if tables else None, "generation": self.state.generation}
+    def apply(self, config: Config, snapshot: wire.Snapshot) -> None:
+        """Control's receiver: build the mirror from the snapshot, send it to every worker (not waiting)."""
+        self.state = routing.build(config, snapshot.generation, snapshot.tables)
+        self.snapshot = snapshot
         for member in self.members.values():
-            self._send(member, self.message)
-        return self.state
+            member.channel.send(snapshot)
 
     # -- processes
 
@@ -97,28 +88,27 @@ class Fleet:
             pass_fds=[*fds.values(), child.fileno()],
         )
         child.close()
-        reader, writer = await asyncio.open_connection(sock=parent)
-        member = _Member(index, process, writer)
+        member = _Member(index, process, await Channel.over(parent))
         self.members[index] = member
-        assert self.state is not None
-        # A new worker starts from the current document and the mirror's tables: the same snapshot.
-        self._send(member, {**self.message, "tables": encode_tables(self.state.tables()),
-                            "generation": self.state.generation})
-        asyncio.get_running_loop().create_task(self._listen(member, reader))
+        assert self.snapshot is not None
+        member.channel.send(self.snapshot)  # a new worker starts from the current snapshot, as its siblings hold
+        asyncio.get_running_loop().create_task(self._listen(member))
         asyncio.get_running_loop().create_task(self._watch(member))
 
-    async def _listen(self, member: _Member, reader: asyncio.StreamReader) -> None:
-        while line := await reader.readline():
-            message = json.loads(line)
-            if message["type"] == "applied":
-                member.generation = message["generation"]
+    async def _listen(self, member: _Member) -> None:
+        while (message := await member.channel.receive()) is not None:
+            if isinstance(message, wire.Ack):
+                member.generation, member.refused = message.generation, None
                 self._changed.set()
-            elif message["type"] == "refused":
-                log.error("worker %d refused a config: %s", member.process.pid, message["error"])
-            elif message["type"] == "stats":
-                waiter = member.waiting.pop(message["id"], None)
+            elif isinstance(message, wire.Refused):
+                member.refused = message
+                log.error("worker %d refused generation %d: %s", member.process.pid, message.generation,
+                          message.reason)
+                self._changed.set()
+            elif isinstance(message, wire.Report):
+                waiter = member.waiting.pop(message.request, None)
                 if waiter is not None and not waiter.done():
-                    waiter.set_result(message["snapshot"])
+                    waiter.set_result(message.stats)
 
     async def _watch(self, member: _Member) -> None:
         code = await member.process.wait()
@@ -132,10 +122,6 @@ class Fleet:
             await asyncio.sleep(RESPAWN_DELAY)  # a worker that dies at once must not spin the supervisor
             if not self.stopping:
                 await self._spawn(member.index)
-
-    def _send(self, member: _Member, message: dict[str, Any]) -> None:
-        if not member.writer.is_closing():
-            member.writer.write(json.dumps(message).encode() + b"\n")
 
     async def stop(self) -> None:
         """Forward the graceful stop to every worker and wait for their drains."""
@@ -166,7 +152,7 @@ class Fleet:
             request = next(self._ids)
             waiter: asyncio.Future[dict[str, Any]] = loop.create_future()
             member.waiting[request] = waiter
-            self._send(member, {"type": "stats", "id": request})
+            member.channel.send(wire.Collect(request))
             waiters.append(waiter)
         results = await asyncio.gather(*(asyncio.wait_for(w, 5) for w in waiters), return_exceptions=True)
         snapshots = [r for r in results if isinstance(r, dict)]
@@ -176,15 +162,19 @@ class Fleet:
         return snapshots
 
     async def converge(self, generation: int, timeout: float) -> list[dict[str, Any]]:
-        """Wait until every worker serves ``generation``; say where each one is."""
+        """Wait until every worker serves ``generation`` (or refused it); say where each one is."""
         deadline = asyncio.get_running_loop().time() + timeout
-        while any(m.generation < generation for m in self.members.values()):
+
+        def waiting() -> bool:
+            return any(m.generation < generation and not (m.refused and m.refused.generation >= generation)
+                       for m in self.members.values())
+
+        while waiting():
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 break
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
-        return [{"worker": m.index, "pid": m.process.pid, "generation": m.generation,
-                 "converged": m.generation >= generation} for m in sorted(self.members.values(), key=lambda m: m.index)]
-
+        return [worker_status(m.index, m.process.pid, m.generation, m.refused, generation)
+                for m in sorted(self.members.values(), key=lambda m: m.index)]

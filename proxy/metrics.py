@@ -7,7 +7,7 @@ the project's vocabulary (service, version).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -28,8 +28,9 @@ def _classes(counts: Sequence[int]) -> Iterator[tuple[str, int]]:
 class _Snapshots:
     """A prometheus-client collector over worker snapshots taken for this scrape."""
 
-    def __init__(self, snapshots: Sequence[dict[str, Any]]) -> None:
+    def __init__(self, snapshots: Sequence[dict[str, Any]], reload_counts: Mapping[str, int]) -> None:
         self.snapshots = snapshots
+        self.reload_counts = reload_counts
 
     def collect(self) -> Iterable[Metric]:
         requests = CounterMetricFamily(
@@ -61,13 +62,10 @@ class _Snapshots:
 
         per_version: dict[tuple[str, str], dict[str, Any]] = {}
         unrouted_counts = [0] * 6
-        reload_counts = {"success": 0, "failure": 0}
         open_connections = 0
         for index, snapshot in enumerate(self.snapshots):
             generation.add_metric([str(index)], snapshot["generation"])
             open_connections += snapshot["connections"]
-            reload_counts["success"] += snapshot["reloads_ok"]
-            reload_counts["failure"] += snapshot["reloads_failed"]
             unrouted_counts = [a + b for a, b in zip(unrouted_counts, snapshot["unrouted"], strict=True)]
             for flag, variant, count in snapshot.get("flags", []):
                 flag_counts[(flag, variant)] = flag_counts.get((flag, variant), 0) + count
@@ -96,7 +94,7 @@ class _Snapshots:
             ejections.add_metric(labels, total["ejections"])
         for klass, count in _classes(unrouted_counts):
             unrouted.add_metric([klass], count)
-        for result, count in reload_counts.items():
+        for result, count in self.reload_counts.items():
             reloads.add_metric([result], count)
         connections.add_metric([], open_connections)
         for (flag, variant), count in sorted(flag_counts.items()):
@@ -105,8 +103,9 @@ class _Snapshots:
                 generation, flag_evaluations]
 
 
-def render(snapshots: Sequence[dict[str, Any]]) -> bytes:
-    """The Prometheus text format for these worker snapshots."""
+def render(snapshots: Sequence[dict[str, Any]], reload_counts: Mapping[str, int] | None = None) -> bytes:
+    """The Prometheus text format for these worker snapshots and the writer's reload counts (one per
+    reload, however many workers it reached)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshots(snapshots))
+    registry.register(_Snapshots(snapshots, reload_counts or {"success": 0, "failure": 0}))
     return generate_latest(registry)

@@ -19,16 +19,15 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any
 
 import uvloop
 from aiohttp import web
 
 from . import admin
-from .control import Control, Tables
+from .control import Control
+from .core import wire
 from .core.model import Config, ConfigError
 from .core.overlay import ChangeError
-from .core.routing import RoutingState
 from .fleet import Fleet
 from .worker import Worker, listen_socket
 
@@ -39,14 +38,17 @@ log = logging.getLogger("turnout")
 
 def serve(config_path: str, workers: int = 1) -> int:
     """Run Turnout until SIGTERM. Returns the process exit code."""
-    control = Control(config_path, _not_serving_yet)
+    control = Control(config_path)
     try:
-        config, document = control.boot()  # the file with the saved admin changes on top
+        config, snapshot = control.boot()  # the file with the saved admin changes on top, persisted
         token = admin.load_token(config.admin, config.source) if config.admin is not None else None
         if config.admin is not None:  # checked now: a missing read-only token must stop the start
             admin.load_flags_token(config.admin, config.source)
     except ConfigError as exc:
         print(f"turnout: {exc}", file=sys.stderr)
+        return 2
+    except ChangeError as exc:  # the state file cannot be written: serving would lose changes
+        print(f"turnout: {exc.message}", file=sys.stderr)
         return 2
     except ValueError as exc:  # the state file is not JSON: refuse rather than drop admin changes
         print(f"turnout: {control.state_path}: unreadable ({exc}); fix or remove it", file=sys.stderr)
@@ -64,9 +66,9 @@ def serve(config_path: str, workers: int = 1) -> int:
             log.info("listening on %s://%s:%d (listener %s)", listener.scheme, host, port, listener.name)
         log.info("serving with %d worker(s), generation %d", workers, control.generation)
         if workers <= 1:
-            uvloop.run(_serve_one(config, control, sockets, token))
+            uvloop.run(_serve_one(config, snapshot, control, sockets, token))
         else:
-            uvloop.run(_supervise(config, document, control, sockets, workers, token))
+            uvloop.run(_supervise(config, snapshot, control, sockets, workers, token))
         return 0
     finally:
         if demo is not None:
@@ -74,46 +76,43 @@ def serve(config_path: str, workers: int = 1) -> int:
             demo.wait(5)
 
 
-def _not_serving_yet(config: Config, document: Any, tables: Tables | None) -> RoutingState:
-    raise AssertionError("a change arrived before the workers started")
-
-
-async def _serve_one(config: Config, control: Control, sockets: dict[str, socket.socket],
+async def _serve_one(config: Config, snapshot: wire.Snapshot, control: Control, sockets: dict[str, socket.socket],
                      token: str | None) -> None:
-    """One worker in this process: the admin API and signals act on it directly."""
-    worker = Worker(config, control.generation, control.tables)
+    """One worker in this process: the receiver of ``control``, the admin API and signals act on it."""
+    worker = Worker(config, snapshot.generation, snapshot.tables)
 
-    def apply(new: Config, document: Any, tables: Tables | None) -> RoutingState:
-        worker.apply(new, tables)
-        return worker.state
+    def apply(_config: Config, next_snapshot: wire.Snapshot) -> None:
+        worker.receive(next_snapshot)  # a refusal is kept by the worker and shown by converge
 
     control.apply = apply
-    control.booted(worker.state)
-
-    def reload_file() -> None:
-        try:
-            control.reload_file()
-        except ChangeError as exc:
-            worker.stats.reloads_failed += 1
-            log.error("reload refused, still serving generation %d: %s: %s: %s", worker.state.generation,
-                      control.config_path, exc.field, exc.message)
-            return
-        worker.stats.reloads_ok += 1
-        log.info("reloaded %s: generation %d", control.config_path, worker.state.generation)
-
-    loop = asyncio.get_running_loop()
     await worker.start(sockets)
     admin_runner = await _start_admin(worker, worker.config, token, control) if token is not None else None
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGHUP, reload_file)
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    await stop.wait()
+    await _until_stopped(control, "")
     log.info("shutting down: draining connections")
     await worker.shutdown()
     if admin_runner is not None:
         await admin_runner.cleanup()
     log.info("stopped")
+
+
+async def _until_stopped(control: Control, receivers: str) -> None:
+    """Reload on SIGHUP (a bad file is refused with one line and the old generation serves on) until
+    SIGTERM or SIGINT."""
+    def reload_file() -> None:
+        try:
+            entry = control.reload_file()
+        except ChangeError as exc:
+            log.error("reload refused, still serving generation %d: %s", control.generation,
+                      ": ".join(part for part in (control.source, exc.field, exc.message) if part))
+            return
+        log.info("reloaded %s: generation %d%s", control.config_path, entry.generation, receivers)
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, reload_file)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    await stop.wait()
 
 
 async def _start_admin(backend: admin.AdminBackend, config: Config, token: str, control: Control) -> web.AppRunner:
@@ -133,32 +132,16 @@ async def _start_admin(backend: admin.AdminBackend, config: Config, token: str, 
 # ----------------------------------------------------------------------------------------------- supervisor
 
 
-async def _supervise(config: Config, document: Any, control: Control, sockets: dict[str, socket.socket],
+async def _supervise(config: Config, snapshot: wire.Snapshot, control: Control, sockets: dict[str, socket.socket],
                      count: int, token: str | None) -> None:
     """Start ``count`` worker processes on the shared sockets and stay out of the data path: reload on
     SIGHUP, serve the admin API for the whole fleet, and drain every worker on SIGTERM."""
     fleet = Fleet(sockets, count)
-    control.booted(fleet.boot(config, document, control.generation, control.tables))
+    fleet.apply(config, snapshot)
     control.apply = fleet.apply
     await fleet.start()
     admin_runner = await _start_admin(fleet, config, token, control) if token is not None else None
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-
-    def reload_file() -> None:
-        try:
-            control.reload_file()
-        except ChangeError as exc:
-            log.error("reload refused, workers keep generation %d: %s: %s: %s", control.generation,
-                      control.config_path, exc.field, exc.message)
-            return
-        log.info("reloaded %s: generation %d sent to %d workers", control.config_path, control.generation,
-                 len(fleet.members))
-
-    loop.add_signal_handler(signal.SIGHUP, reload_file)
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    await stop.wait()
+    await _until_stopped(control, f" sent to {count} workers")
     log.info("shutting down: draining %d workers", len(fleet.members))
     await fleet.stop()
     for sock in sockets.values():

@@ -21,9 +21,10 @@ from typing import Any
 from . import tls
 from .accesslog import AccessLogWriter
 from .checker import Checker, Probe
-from .core import buckets, routing
+from .core import buckets, routing, wire
 from .core.health import Health, RetryBudget
-from .core.model import Config, Listener
+from .core.model import Config, ConfigError, Listener
+from .core.reader import from_document
 from .core.routing import Target
 from .core.stats import VersionStats, WorkerStats
 from .http.downstream import Downstream
@@ -58,12 +59,12 @@ class Listening:
 
 
 class Worker:
-    def __init__(self, config: Config, generation: int = 1,
-                 tables: dict[tuple[str, str], buckets.Table] | None = None) -> None:
+    def __init__(self, config: Config, generation: int = 1, tables: buckets.Tables | None = None) -> None:
+        """``tables``: as the writer planned them (None: fresh ones, for tests and benchmarks)."""
         self.config = config
         self.limits = config.limits
         self.tls = tls.build(config)
-        self.state = routing.build(config, generation=generation, tables=tables)
+        self.state = routing.build(config, generation, tables)
         self.stats = WorkerStats()
         self.health = Health()
         self.budget = RetryBudget()
@@ -82,6 +83,7 @@ class Worker:
         self.draw = functools.partial(random.Random().getrandbits, 64)
         self.now = 0.0
         self.draining = False
+        self.refused: wire.Refused | None = None  # the last snapshot refused, until one is applied
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -125,14 +127,15 @@ class Worker:
             pool.tls_key = target.tls
         return pool
 
-    def apply(self, config: Config, tables: dict[tuple[str, str], buckets.Table] | None = None) -> None:
-        """Swap in a new snapshot built from ``config`` (bucket tables rebalanced, not rebuilt) and new
-        certificates. Everything is built before anything is swapped: a failure changes nothing."""
+    def apply(self, config: Config, generation: int, tables: buckets.Tables) -> None:
+        """Swap in the writer's snapshot: ``config`` as generation ``generation`` with exactly its
+        ``tables``, and new certificates. Everything is built before anything is swapped: a failure
+        (``ConfigError`` for certificates, ``buckets.TableError``) changes nothing."""
         if _sockets_of(config) != _sockets_of(self.config):
             log.warning("listener changes need a restart; still serving %s",
                         ", ".join(f"{each.scheme}://{each.address}" for each in self.config.listeners))
         material = tls.build(config)
-        state = routing.build(config, self.state, tables=tables)
+        state = routing.build(config, generation, tables)
         version_stats = self._count_versions(state)
         self.version_stats = version_stats  # before the state: a request never misses its counters
         self.state = state
@@ -153,6 +156,18 @@ class Worker:
                 pool.ssl = material.upstreams[key].context
                 pool.server_name = material.upstreams[key].server_name
 
+    def receive(self, snapshot: wire.Snapshot) -> wire.Ack | wire.Refused:
+        """Apply the writer's snapshot exactly, or refuse it and say why (and keep serving the one
+        before; the next snapshot is complete, so a refusal is caught up by the next one)."""
+        try:
+            self.apply(from_document(snapshot.document, snapshot.source), snapshot.generation, snapshot.tables)
+        except (ConfigError, buckets.TableError) as exc:
+            self.refused = wire.Refused(snapshot.generation, str(exc))
+            log.error("refused generation %d, still serving %d: %s", snapshot.generation, self.state.generation, exc)
+            return self.refused
+        self.refused = None
+        return wire.Ack(self.state.generation)
+
     # -- what the admin API reads (admin.AdminBackend)
 
     def routing_state(self) -> routing.RoutingState:
@@ -167,8 +182,7 @@ class Worker:
         return [self.snapshot()]
 
     async def converge(self, generation: int, timeout: float) -> list[dict[str, Any]]:
-        return [{"worker": 0, "pid": os.getpid(), "generation": self.state.generation,
-                 "converged": self.state.generation >= generation}]
+        return [worker_status(0, os.getpid(), self.state.generation, self.refused, generation)]
 
     def ready(self) -> bool:
         return not self.draining
@@ -269,3 +283,12 @@ def listen_socket(listener: Listener) -> socket.socket:
     """The listening socket of a listener (made before workers fork, so they can share it)."""
     address = listener.address
     return socket.create_server((address.host, address.port), backlog=1024)
+
+
+def worker_status(index: int, pid: int | None, generation: int, refused: wire.Refused | None,
+                  wanted: int) -> dict[str, Any]:
+    """One receiver's answer to "do you serve ``wanted``?" (the admin API's ``workers`` list)."""
+    status: dict[str, Any] = {"worker": index, "pid": pid, "generation": generation, "converged": generation >= wanted}
+    if refused is not None and refused.generation >= wanted:
+        status["refused"] = refused.reason
+    return status

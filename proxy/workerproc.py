@@ -1,5 +1,6 @@
 """A worker process of a supervisor (see ``fleet``): serve on the inherited listening sockets and follow
-the control channel. Started as ``python -m proxy.workerproc '{"listeners": {...}, "control": fd}'``."""
+the control channel (``core.wire`` messages). Started as
+``python -m proxy.workerproc '{"listeners": {...}, "control": fd}'``."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from typing import Any
 
 import uvloop
 
-from .control import decode_tables
-from .core.model import ConfigError
+from .channel import Channel
+from .core import wire
 from .core.reader import from_document
 from .worker import Worker
 
@@ -24,17 +25,15 @@ log = logging.getLogger("turnout")
 
 async def _serve(spec: dict[str, Any]) -> None:
     sockets = {name: socket.socket(fileno=fd) for name, fd in spec["listeners"].items()}
-    reader, writer = await asyncio.open_connection(sock=socket.socket(fileno=spec["control"]))
-
-    def send(message: dict[str, Any]) -> None:
-        if not writer.is_closing():
-            writer.write(json.dumps(message).encode() + b"\n")
-
-    first = json.loads(await reader.readline())
-    worker = Worker(from_document(first["document"], first["source"]), first["generation"],
-                    decode_tables(first["tables"]))
+    channel = await Channel.over(socket.socket(fileno=spec["control"]))
+    first = await channel.receive()
+    if not isinstance(first, wire.Snapshot):
+        log.error("worker %d: the supervisor sent %r before a snapshot; exiting", os.getpid(), first)
+        return
+    # The first snapshot must be served as it is: there is nothing older to keep serving.
+    worker = Worker(from_document(first.document, first.source), first.generation, first.tables)
     await worker.start(sockets)
-    send({"type": "applied", "generation": worker.state.generation})
+    channel.send(wire.Ack(worker.state.generation))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -42,21 +41,14 @@ async def _serve(spec: dict[str, Any]) -> None:
     loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the supervisor reloads, then tells us
 
     async def follow() -> None:
-        while line := await reader.readline():
-            message = json.loads(line)
-            if message["type"] == "config":
-                tables = decode_tables(message["tables"]) if message["tables"] else None
-                try:
-                    worker.apply(from_document(message["document"], message["source"]), tables)
-                except ConfigError as exc:  # a certificate file changed since the supervisor checked it
-                    worker.stats.reloads_failed += 1
-                    send({"type": "refused", "error": str(exc)})
-                    continue
-                worker.stats.reloads_ok += 1
-                log.info("worker %d applied generation %d", os.getpid(), worker.state.generation)
-                send({"type": "applied", "generation": worker.state.generation})
-            elif message["type"] == "stats":
-                send({"type": "stats", "id": message["id"], "snapshot": worker.snapshot()})
+        while (message := await channel.receive()) is not None:
+            if isinstance(message, wire.Snapshot):
+                answer = worker.receive(message)
+                if isinstance(answer, wire.Ack):
+                    log.info("worker %d applied generation %d", os.getpid(), answer.generation)
+                channel.send(answer)
+            elif isinstance(message, wire.Collect):
+                channel.send(wire.Report(message.request, worker.snapshot()))
         stop.set()  # the supervisor is gone: nobody to answer to
 
     following = loop.create_task(follow())

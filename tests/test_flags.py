@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 
+from proxy.core import buckets
 from proxy.core.flags import FlagSet, per_flag
 from proxy.core.match import Request
 from proxy.core.model import ConfigError
@@ -45,7 +46,9 @@ flags:
 
 
 def flag_set(text: str = FLAGS, previous: FlagSet | None = None) -> FlagSet:
-    return FlagSet(parse(text, "f.yaml").flags, previous)
+    """The flags of ``text``, their tables planned from ``previous`` as the writer does."""
+    flags = parse(text, "f.yaml").flags
+    return FlagSet(flags, buckets.plan(previous.tables() if previous else {}, FlagSet.wanted(flags)))
 
 
 @pytest.mark.parametrize(

@@ -137,7 +137,8 @@ def test_a_version_without_endpoints_picks_none() -> None:
 def test_reload_rebalances_from_the_previous_snapshot() -> None:
     first = build(SPLIT)
     text = SPLIT.replace("900000", "800000").replace("v2: 100000", "v2: 200000")
-    second = routing.build(reader.parse(text, "t"), first)
+    config = reader.parse(text, "t")
+    second = routing.build(config, 2, routing.plan(config, first.tables()))
     assert second.generation == first.generation + 1
     old, new = first.tables()[("s", "default")].owners, second.tables()[("s", "default")].owners
     assert all(n == "v2" for o, n in zip(old, new, strict=True) if o == "v2")

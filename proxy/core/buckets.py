@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-__all__ = ["BUCKETS", "Table", "decode", "encode", "rebalance", "rebalance_table", "target_counts", "transfers"]
+__all__ = ["BUCKETS", "Table", "TableError", "Tables", "check", "decode", "decode_tables", "encode", "encode_tables",
+           "plan", "rebalance", "rebalance_table", "target_counts", "transfers"]
 
 # 10,000 buckets: one bucket is 0.01 %, the smallest canary the design requires a sticky split to express.
 BUCKETS = 10_000
@@ -106,6 +107,38 @@ def rebalance_table(previous: Table | None, weights: Mapping[str, int], buckets:
     return Table(owners, tuple(order))
 
 
+Tables = dict[tuple[str, str], Table]  # every table of a snapshot, by (owner key, part)
+
+
+class TableError(ValueError):
+    """A table that does not fit the weights it is meant to serve (a receiver refuses the snapshot)."""
+
+
+def plan(previous: Mapping[tuple[str, str], Table], wanted: Mapping[tuple[str, str], Mapping[str, int]],
+         buckets: int = BUCKETS) -> Tables:
+    """The writer's step, and the only place tables change: every wanted table rebalanced from its
+    previous one (a new key starts afresh; a key no longer wanted is dropped). Receivers never call
+    this: they apply the tables the writer computed (``check``)."""
+    return {key: rebalance_table(previous.get(key), weights, buckets) for key, weights in wanted.items()}
+
+
+def check(tables: Mapping[tuple[str, str], Table], wanted: Mapping[tuple[str, str], Mapping[str, int]],
+          buckets: int = BUCKETS) -> None:
+    """Raise ``TableError`` unless ``tables`` has a table for every wanted key, each owned only by
+    versions that have weight, with the counts those weights give (``target_counts``)."""
+    for key, weights in wanted.items():
+        table = tables.get(key)
+        where = "/".join(key)
+        if table is None:
+            raise TableError(f"no bucket table for {where}")
+        if len(table.owners) != buckets or len(table.order) != buckets:
+            raise TableError(f"the table of {where} has {len(table.owners)} buckets, expected {buckets}")
+        have = Counter(table.owners)
+        if have != Counter({name: count for name, count in target_counts(weights, have, buckets).items() if count}):
+            raise TableError(f"the table of {where} does not match its weights "
+                             f"({', '.join(f'{name}={w}' for name, w in weights.items())})")
+
+
 def rebalance(
     owners: Sequence[str | None] | None, weights: Mapping[str, int], buckets: int = BUCKETS
 ) -> tuple[str, ...]:
@@ -134,3 +167,12 @@ def encode(owners: Sequence[Any]) -> list[list[Any]]:
 
 def decode(runs: Sequence[Sequence[Any]]) -> tuple[Any, ...]:
     return tuple(value for value, count in runs for _ in range(int(count)))
+
+
+def encode_tables(tables: Mapping[tuple[str, str], Table]) -> list[Any]:
+    """A set of tables as plain data (state file, wire messages)."""
+    return [[owner, part, encode(table.owners), encode(table.order)] for (owner, part), table in tables.items()]
+
+
+def decode_tables(encoded: Sequence[Sequence[Any]]) -> Tables:
+    return {(owner, part): Table(decode(owners), decode(order)) for owner, part, owners, order in encoded}

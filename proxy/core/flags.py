@@ -27,7 +27,7 @@ from .match import Predicate, Request, compile_match
 
 __all__ = ["Evaluation", "FlagSet", "Injection", "per_flag"]
 
-Tables = dict[tuple[str, str], buckets.Table]
+Tables = buckets.Tables
 
 
 class Evaluation:
@@ -46,12 +46,16 @@ class Evaluation:
 class _Rollout:
     __slots__ = ("by_key", "table")
 
-    def __init__(self, shares: tuple[tuple[str, int], ...], old: buckets.Table | None, shuffle: array[int]) -> None:
-        self.table = buckets.rebalance_table(old, {variant: share for variant, share in shares if share > 0})
+    def __init__(self, table: buckets.Table, shuffle: array[int]) -> None:
+        self.table = table
         owners = self.table.owners
         # Indexed by the key's shared flag bucket: the flag's own bucket is ``shuffle[shared]``, looked up
         # here once per snapshot instead of on every request.
         self.by_key = [owners[bucket] for bucket in shuffle]
+
+
+def _shares(shares: tuple[tuple[str, int], ...]) -> dict[str, int]:
+    return {variant: share for variant, share in shares if share > 0}
 
 
 class _Rule:
@@ -69,7 +73,7 @@ class _Compiled:
     __slots__ = ("default", "enabled", "injected_rules", "key", "keyed", "labels", "plain", "rollout", "rules",
                  "values")
 
-    def __init__(self, flag: Flag, old: Tables) -> None:
+    def __init__(self, flag: Flag, tables: Tables) -> None:
         self.key = flag.key
         self.enabled = flag.enabled
         self.default = flag.default
@@ -77,10 +81,10 @@ class _Compiled:
         shuffle = permutation(flag.salt)
         self.rules = tuple(
             _Rule(compile_match(rule.match), rule.context, rule.variant,
-                  _Rollout(rule.rollout, old.get((flag.key, f"rules[{i}]")), shuffle) if rule.rollout else None)
+                  _Rollout(tables[(flag.key, f"rules[{i}]")], shuffle) if rule.rollout else None)
             for i, rule in enumerate(flag.rules)
         )
-        self.rollout = _Rollout(flag.rollout, old.get((flag.key, "rollout")), shuffle) if flag.rollout else None
+        self.rollout = _Rollout(tables[(flag.key, "rollout")], shuffle) if flag.rollout else None
         self.labels = {variant: f"{flag.key}={variant}" for variant in self.values}  # as injected
         # An injected evaluation's context holds only the targeting key: rules that test other context
         # attributes can never match there, so injection does not even try them.
@@ -125,10 +129,21 @@ class _Compiled:
 class FlagSet:
     """The flags of one snapshot."""
 
-    def __init__(self, flags: tuple[Flag, ...], previous: FlagSet | None = None, tables: Tables | None = None) -> None:
-        old = previous.tables() if previous is not None else {}
-        old.update(tables or {})
-        self.flags = {flag.key: _Compiled(flag, old) for flag in flags}
+    def __init__(self, flags: tuple[Flag, ...], tables: Tables) -> None:
+        """``tables``: exactly the rollout tables ``wanted`` asks for (``buckets.check`` has checked them)."""
+        self.flags = {flag.key: _Compiled(flag, tables) for flag in flags}
+
+    @staticmethod
+    def wanted(flags: tuple[Flag, ...]) -> dict[tuple[str, str], dict[str, int]]:
+        """The rollout tables these flags need, by (flag key, part), with their variants' shares."""
+        wanted = {}
+        for flag in flags:
+            if flag.rollout:
+                wanted[(flag.key, "rollout")] = _shares(flag.rollout)
+            for i, rule in enumerate(flag.rules):
+                if rule.rollout:
+                    wanted[(flag.key, f"rules[{i}]")] = _shares(rule.rollout)
+        return wanted
 
     def tables(self) -> Tables:
         found: Tables = {}

@@ -1,16 +1,21 @@
 """Admin changes as an overlay on the config file, and the pure operations that make them.
 
-The file stays the user's; what the admin API changes lives in an *overlay* that is merged over the
-file's document to give the effective config. Its shape is deliberately small::
+The routing state is layered: the file < discovery (Docker, later) < admin changes. The file stays
+the user's; what the admin API changes lives in an *overlay* that is merged over the layer below to
+give the effective config. Its shape is deliberately small::
 
-    {service: {"rules": [...], "versions": {version: {"endpoints": [...]}, ...}}}
+    {service: {"rules": [...], "versions": {version: {"endpoints": [...]}, ...}},
+     service: {"service": {...} | None},          # a pin: the whole service as given, or removed
+     "@flags": {key: flag | None}}
 
 - ``rules`` present: it replaces the service's rules (a weight change writes the whole rules list);
-- ``versions.<v>``: adds that version or replaces its entry.
+- ``versions.<v>``: adds that version or replaces its entry;
+- ``service``: replaces the whole service (or removes it): what an exact rollback writes (``pin``).
 
 So after a SIGHUP the new file is merged with the same overlay: the admin's weights keep winning over
-the file's until the admin changes them again or rolls back. A service the file no longer has is
-skipped (and reported), never invented.
+the file's until the admin changes them again, rolls back or resets (``reset``). ``shadows`` says
+which parts of the file an overlay hides. A patched service the file no longer has is skipped (and
+reported), never invented; a pinned one is what was pinned.
 
 Pure: documents in, documents out, ``ChangeError`` for requests that cannot apply.
 """
@@ -20,8 +25,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-__all__ = ["FLAGS", "ChangeError", "delete_flag", "diff", "merge", "replace_rules", "set_flag", "set_flag_enabled",
-           "set_flag_rollout", "set_version", "set_weights"]
+__all__ = ["FLAGS", "ChangeError", "delete_flag", "diff", "merge", "pin", "replace_rules", "reset", "set_flag",
+           "set_flag_enabled", "set_flag_rollout", "set_version", "set_weights", "shadows"]
 
 FLAGS = "@flags"  # the overlay's flags (no service name can start with '@'): key -> flag document or None
 
@@ -67,6 +72,12 @@ def merge(document: Any, overlay: Overlay) -> tuple[Any, list[str]]:
     for name, parts in overlay.items():
         if name == FLAGS:
             continue
+        if "service" in parts:  # a pin
+            if parts["service"] is None:
+                services.pop(name, None)
+            else:
+                services[name] = copy.deepcopy(parts["service"])
+            continue
         service = services.get(name)
         if not isinstance(service, dict):
             skipped.append(name)
@@ -80,6 +91,61 @@ def merge(document: Any, overlay: Overlay) -> tuple[Any, list[str]]:
                 service.pop(key, None)
             service["rules"] = copy.deepcopy(parts["rules"])
     return effective, skipped
+
+
+def pin(below: Any, target: Any) -> Overlay:
+    """The overlay that makes ``merge(below, overlay)`` route exactly as ``target`` does (its services
+    and flags), whatever ``below`` says now: an exact rollback to a generation's effective document."""
+    services = below.get("services", {}) if isinstance(below, dict) else {}
+    services = services if isinstance(services, dict) else {}
+    wanted = target.get("services", {})
+    pinned: Overlay = {name: {"service": copy.deepcopy(entry)} for name, entry in wanted.items()
+                       if services.get(name) != entry}
+    pinned.update({name: {"service": None} for name in services if name not in wanted})
+    flags = (below.get("flags") or {}) if isinstance(below, dict) else {}
+    flags = flags if isinstance(flags, dict) else {}
+    target_flags = target.get("flags") or {}
+    flag_pins = {key: copy.deepcopy(flag) for key, flag in target_flags.items() if flags.get(key) != flag}
+    flag_pins.update({key: None for key in flags if key not in target_flags})
+    if flag_pins:
+        pinned[FLAGS] = flag_pins
+    return pinned
+
+
+def reset(overlay: Overlay, services: list[str] | None, flags: list[str] | None) -> Overlay:
+    """The overlay without the given services' and flags' changes (None: all of that kind), so that
+    the layer below shows through again. Resetting what has no changes is a 409."""
+    changed = copy.deepcopy(overlay)
+    for name in services if services is not None else [n for n in overlay if n != FLAGS]:
+        if name == FLAGS or name not in changed:
+            raise ChangeError(409, f"service {name!r} has no admin changes to reset", "services")
+        del changed[name]
+    flag_changes = changed.get(FLAGS, {})
+    for key in flags if flags is not None else list(flag_changes):
+        if key not in flag_changes:
+            raise ChangeError(409, f"flag {key!r} has no admin changes to reset", "flags")
+        del flag_changes[key]
+    if FLAGS in changed and not flag_changes:
+        del changed[FLAGS]
+    if changed == overlay:
+        raise ChangeError(409, "there are no admin changes to reset", "services")
+    return changed
+
+
+def shadows(overlay: Overlay) -> dict[str, list[str]]:
+    """What each overlay entry hides of the layer below: ``{"services.demo": ["rules", "versions.v2"],
+    "flags.new-checkout": ["flag"]}`` (an entry's parts, in the config's vocabulary)."""
+    found: dict[str, list[str]] = {}
+    for name, parts in overlay.items():
+        if name == FLAGS:
+            for key, flag in parts.items():
+                found[f"flags.{key}"] = ["flag" if flag is not None else "removed"]
+        elif "service" in parts:
+            found[f"services.{name}"] = ["service" if parts["service"] is not None else "removed"]
+        else:
+            found[f"services.{name}"] = [*(["rules"] if "rules" in parts else []),
+                                         *(f"versions.{v}" for v in parts.get("versions", {}))]
+    return found
 
 
 def _service(effective: Document, name: str) -> dict[str, Any]:
@@ -106,10 +172,20 @@ def set_weights(effective: Document, overlay: Overlay, service: str, rule: str,
     return replace_rules(effective, overlay, service, rules)
 
 
+def _entry(changed: Overlay, service: str) -> dict[str, Any]:
+    """Where a change to ``service`` goes: its patch, or the pinned service itself (a pin is whole)."""
+    parts = changed.setdefault(service, {})
+    return parts["service"] if parts.get("service") is not None else parts
+
+
 def replace_rules(effective: Document, overlay: Overlay, service: str, rules: list[Any]) -> Overlay:
     _service(effective, service)
     changed = copy.deepcopy(overlay)
-    changed.setdefault(service, {})["rules"] = copy.deepcopy(rules)
+    entry = _entry(changed, service)
+    if entry is not changed[service]:  # a pinned service: its shorthand gives way to the rules, as in merge
+        for key in _SHORTHAND:
+            entry.pop(key, None)
+    entry["rules"] = copy.deepcopy(rules)
     return changed
 
 
@@ -118,7 +194,10 @@ def set_version(effective: Document, overlay: Overlay, service: str, version: st
     """Add a version, or replace its endpoints (and TLS settings)."""
     _service(effective, service)
     changed = copy.deepcopy(overlay)
-    changed.setdefault(service, {}).setdefault("versions", {})[version] = copy.deepcopy(entry)
+    versions = _entry(changed, service).setdefault("versions", {})
+    if not isinstance(versions, dict):
+        raise ChangeError(409, f"service {service!r} has no versions mapping to add to", "service")
+    versions[version] = copy.deepcopy(entry)
     return changed
 
 

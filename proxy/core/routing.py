@@ -9,15 +9,16 @@ bucket tables as ``bytes`` (bucket -> version index), cumulative weights. Per re
 dict lookup for the host, a short scan of path prefixes, the rule predicates in order (a cheap miss
 for rules that do not apply) and, for a sticky split, one hash and one index.
 
-A new snapshot is built from the previous one (``build``), so bucket tables are *rebalanced*, never
-rebuilt: see ``buckets``. Snapshots are swapped in by a single assignment in the I/O shell; requests in
-flight keep the objects they already hold.
+Bucket tables are *planned* once by the writer of the routing state (``plan``: rebalanced from the
+previous generation's, never rebuilt; see ``buckets``) and shipped with the snapshot; every receiver
+``build``s with exactly those tables, so all processes make the same sticky choice. Snapshots are
+swapped in by a single assignment in the I/O shell; requests in flight keep the objects they hold.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
 from itertools import accumulate
 
@@ -27,7 +28,7 @@ from .hashing import Bucketer
 from .match import Predicate, Request, compile_match
 from .model import Config, Endpoint, Outlier, Retries, Rule, Service, Split, Sticky, Version
 
-__all__ = ["Decision", "RoutingState", "Target", "build", "normalise_host"]
+__all__ = ["Decision", "RoutingState", "Target", "build", "normalise_host", "plan", "wanted"]
 
 
 class Target:
@@ -291,15 +292,29 @@ def normalise_host(value: str) -> str:
 # ----------------------------------------------------------------------------------------------- compile
 
 
-def build(config: Config, previous: RoutingState | None = None, generation: int | None = None,
-          tables: dict[tuple[str, str], buckets.Table] | None = None) -> RoutingState:
-    """Compile a config into a snapshot, rebalancing bucket tables from ``previous``. ``tables`` given
-    explicitly win over ``previous``: saved tables at boot (users keep their versions across restarts)
-    and a generation's own tables on rollback (the same users return to the same versions)."""
-    old_tables = previous.tables() if previous is not None else {}
-    old_tables.update(tables or {})
-    if generation is None:
-        generation = previous.generation + 1 if previous is not None else 1
+def wanted(config: Config) -> dict[tuple[str, str], dict[str, int]]:
+    """Every bucket table a config needs, with the weights it must serve: splits by (service, rule),
+    flag rollouts by ("flag:" + key, part)."""
+    need = {(service.name, rule.name): dict(rule.split.weights)
+            for service in config.services for rule in service.rules if rule.split is not None}
+    need.update({(FLAG_PREFIX + key, part): shares for (key, part), shares in FlagSet.wanted(config.flags).items()})
+    return need
+
+
+def plan(config: Config, previous: Mapping[tuple[str, str], buckets.Table]) -> buckets.Tables:
+    """The writer's step: the tables of the next snapshot, rebalanced from the previous ones (``buckets``
+    is the only rebalancer). Receivers never plan: they ``build`` with what the writer planned."""
+    return buckets.plan(previous, wanted(config))
+
+
+def build(config: Config, generation: int = 1, tables: Mapping[tuple[str, str], buckets.Table] | None = None
+          ) -> RoutingState:
+    """Compile a config into the snapshot ``generation`` with exactly ``tables`` (as planned by the
+    writer: see ``plan``); ``buckets.TableError`` if they do not fit the config, and nothing is built.
+    ``tables=None`` plans fresh ones, as a first writer would (tests, benchmarks, dry runs)."""
+    if tables is None:
+        tables = plan(config, {})
+    buckets.check(tables, wanted(config))
     services = []
     for service in config.services:
         bucketer = Bucketer(service.salt)
@@ -313,13 +328,13 @@ def build(config: Config, previous: RoutingState | None = None, generation: int 
             for v in service.versions
         }
         rules = tuple(
-            _compile_rule(rule, versions, bucketer, old_tables.get((service.name, rule.name)))
+            _compile_rule(rule, versions, bucketer, tables.get((service.name, rule.name)))
             for rule in service.rules
         )
         services.append(ServiceRoute(service, versions, rules))
-    flag_tables = {(key.removeprefix(FLAG_PREFIX), part): table for (key, part), table in old_tables.items()
+    flag_tables = {(key.removeprefix(FLAG_PREFIX), part): table for (key, part), table in tables.items()
                    if key.startswith(FLAG_PREFIX)}
-    flags = FlagSet(config.flags, tables=flag_tables)
+    flags = FlagSet(config.flags, flag_tables)
     for route in services:
         if route.config.inject_flags is not None:
             route.injection = flags.injection(route.config.inject_flags.flags)
@@ -331,10 +346,9 @@ def _target(service: Service, version: Version, endpoint: Endpoint) -> Target:
 
 
 def _compile_rule(rule: Rule, versions: dict[str, VersionRoute], bucketer: Bucketer,
-                  old: buckets.Table | None) -> RuleRoute:
+                  table: buckets.Table | None) -> RuleRoute:
     predicate = compile_match(rule.match)
     if rule.version is not None:
         return RuleRoute(rule.name, predicate, versions[rule.version], None)
-    assert rule.split is not None
-    table = buckets.rebalance_table(old, dict(rule.split.weights))
+    assert rule.split is not None and table is not None  # checked against ``wanted``
     return RuleRoute(rule.name, predicate, None, SplitRoute(rule.split, versions, bucketer, table))

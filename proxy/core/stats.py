@@ -63,8 +63,6 @@ class WorkerStats:
 
     versions: dict[tuple[str, str], VersionStats] = field(default_factory=dict)
     unrouted: list[int] = field(default_factory=lambda: [0, 0, 0, 0, 0, 0])  # answered without a version
-    reloads_ok: int = 0
-    reloads_failed: int = 0
     flags: Counter[tuple[str, str]] = field(default_factory=Counter)  # OFREP evaluations by (flag, variant)
     # Injected flag header values, counted once per request (a defaultdict costs half a Counter's
     # increment); spread into evaluations by (flag, variant) when read.
@@ -81,8 +79,6 @@ class WorkerStats:
         return {
             "generation": generation,
             "connections": connections,
-            "reloads_ok": self.reloads_ok,
-            "reloads_failed": self.reloads_failed,
             "unrouted": list(self.unrouted),
             "flags": [[flag, variant, count] for (flag, variant), count in
                       (self.flags + Counter(per_flag(self.injected))).items()],
