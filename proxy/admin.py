@@ -15,6 +15,7 @@ Routes so far (docs/admin-api.md):
     ...?dry_run=true on the PUTs                         which sticky users a change would move
     POST /v1/rollback                                    {"generation": N}: a new generation equal to N
     POST /v1/reload                                      re-read the config file and certificates (as SIGHUP)
+    POST /v1/reset                                       {"services": [...], "flags": [...]} or {"all": true}
     GET  /v1/flags, PUT|DELETE /v1/flags/{key}           feature flags: list, create or replace, delete
     POST /v1/flags/{key}/enable|disable|kill             switch a flag (kill: off for everyone, at once)
     POST /ofrep/v1/evaluate/flags[/{key}]                OFREP evaluation (admin or read-only flags token)
@@ -139,7 +140,7 @@ def make_app(backend: AdminBackend, token: str, control: Control | None = None,
 
     async def state(request: web.Request) -> web.Response:
         current = backend.routing_state()
-        view = describe(current, await backend.collect())
+        view = describe(current, await backend.collect(), control.overrides() if control is not None else {})
         return web.json_response(view, headers={"ETag": f'"{current.generation}"'})
 
     async def prometheus(request: web.Request) -> web.Response:
@@ -191,7 +192,7 @@ def _not_json(constant: str) -> Any:
 
 def _add_changes(app: web.Application, control: Control, backend: AdminBackend) -> None:
     validators = {name: openapi.validator(name)
-                  for name in ("Weights", "Rules", "Version", "Rollback", "Explain", "Flag", "Rollout")}
+                  for name in ("Weights", "Rules", "Version", "Rollback", "Reset", "Explain", "Flag", "Rollout")}
 
     async def body(request: web.Request, schema: str) -> dict[str, Any]:
         """The JSON body, checked against the schema the OpenAPI document publishes for it."""
@@ -260,6 +261,17 @@ def _add_changes(app: web.Application, control: Control, backend: AdminBackend) 
         generation = (await body(request, "Rollback"))["generation"]
         return await changed(control.rollback(actor(request), generation, if_match(request)))
 
+    async def reset(request: web.Request) -> web.Response:
+        data = await body(request, "Reset")
+        if data.get("all"):
+            if data.get("services") or data.get("flags"):
+                raise ChangeError(422, "'all' resets everything: give it alone", "all")
+            return await changed(control.reset(actor(request), None, None, if_match(request)))
+        if not data.get("services") and not data.get("flags"):
+            raise ChangeError(422, "name services or flags to reset, or give all: true", "services")
+        return await changed(control.reset(actor(request), data.get("services", []), data.get("flags", []),
+                                           if_match(request)))
+
     async def explain_route(request: web.Request) -> web.Response:
         data = await body(request, "Explain")
         headers = {k.lower(): v for k, v in data.get("headers", {}).items()}
@@ -327,6 +339,7 @@ def _add_changes(app: web.Application, control: Control, backend: AdminBackend) 
     app.router.add_put("/v1/services/{service}/versions/{version}", version)
     app.router.add_post("/v1/rollback", rollback)
     app.router.add_post("/v1/reload", reload)
+    app.router.add_post("/v1/reset", reset)
     app.router.add_get("/v1/generations", generations)
     app.router.add_post("/v1/explain", explain_route)
     app.router.add_get("/v1/flags", flags)
@@ -398,10 +411,13 @@ def _add_ofrep(app: web.Application, backend: AdminBackend) -> None:
 # ----------------------------------------------------------------------------------------------- views
 
 
-def describe(state: RoutingState, snapshots: list[dict[str, Any]]) -> dict[str, Any]:
+def describe(state: RoutingState, snapshots: list[dict[str, Any]],
+             overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The routing state in the config's own vocabulary, plus what only the running proxy knows: the
-    generation each worker serves, how many buckets each version owns, and endpoint health (an
-    endpoint any worker holds out counts as out)."""
+    generation each worker serves, how many buckets each version owns, endpoint health (an endpoint
+    any worker holds out counts as out), and which services and flags admin changes override (parts
+    and since which generation), so that what hides the file is never silent."""
+    overrides = overrides or {}
     health: dict[str, str] = {}
     for snapshot in snapshots:
         for address, status in snapshot.get("health", {}).items():
@@ -433,9 +449,16 @@ def describe(state: RoutingState, snapshots: list[dict[str, Any]]) -> dict[str, 
                          for v in service.versions},
             "rules": rules,
         }
+        if f"services.{service.name}" in overrides:
+            services[service.name]["overridden"] = overrides[f"services.{service.name}"]
+    flags = describe_flags(state)
+    for key, flag in flags.items():
+        if f"flags.{key}" in overrides:
+            flag["overridden"] = overrides[f"flags.{key}"]
     return {
         "generation": state.generation,
-        "flags": describe_flags(state),
+        "flags": flags,
+        "overridden": overrides,
         "workers": [{"pid": s.get("pid"), "generation": s["generation"], "connections": s["connections"]}
                     for s in snapshots],
         "services": services,

@@ -9,6 +9,7 @@
     turnout diff A B                                        what changed between two generations
     turnout rollback GENERATION                             a new generation equal to an old one
     turnout reload                                          re-read the config file and certificates
+    turnout reset SERVICE... [--flag KEY] | --all           drop admin changes: the file shows through again
     turnout flags list                                      feature flags and their rollouts
     turnout flags set KEY on=20 off=80                      change a flag's percentage rollout
     turnout flags set KEY --file FLAG.json                  create or replace a flag
@@ -73,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     rollback = sub.add_parser("rollback", parents=[client], help="roll back to a generation")
     rollback.add_argument("generation", type=int)
     sub.add_parser("reload", parents=[client], help="re-read the config file and certificates")
+    reset = sub.add_parser("reset", parents=[client], help="drop admin changes so the config file shows through")
+    reset.add_argument("services", nargs="*", metavar="SERVICE")
+    reset.add_argument("--flag", action="append", default=[], metavar="KEY", help="a flag to reset (repeatable)")
+    reset.add_argument("--all", action="store_true", help="every service and flag")
     flags = sub.add_parser("flags", parents=[client], help="feature flags")
     flags.add_argument("action", choices=["list", "set", "enable", "disable", "kill"])
     flags.add_argument("key", nargs="?")
@@ -146,9 +151,17 @@ def _client_command(args: argparse.Namespace) -> int:
     elif args.command == "reload":
         answer = api.call("POST", "/v1/reload")
         text = f"generation {answer['generation']}: {answer['what']}"
+    elif args.command == "reset":
+        if args.all == bool(args.services or args.flag):
+            raise ClientError("reset needs SERVICE names and/or --flag KEY, or --all alone")
+        answer = api.call("POST", "/v1/reset", {"all": True} if args.all
+                          else {"services": args.services, "flags": args.flag})
+        text = f"generation {answer['generation']}: {answer['what']}"
     else:
         answer = api.call("POST", "/v1/rollback", {"generation": args.generation})
         text = f"generation {answer['generation']}: {answer['what']}"
+        if answer.get("differs_from_file"):
+            text += "\ndiffers from the config file (turnout reset to drop): " + ", ".join(answer["differs_from_file"])
     print(json.dumps(answer, indent=2) if args.json else text)
     return 0
 
@@ -217,6 +230,8 @@ def _status(state: dict[str, Any]) -> str:
     lines = [f"generation {state['generation']} (workers serving: {workers})"]
     for name, service in state["services"].items():
         lines.append(f"\nservice {name}  hosts {' '.join(service['hosts'])}  path {service['path_prefix']}")
+        if "overridden" in service:
+            lines.append(_overridden(service["overridden"]))
         for version, entry in service["versions"].items():
             lines.append(f"  version {version:<10} {' '.join(entry['endpoints']) or '(no endpoints)'}")
         for rule in service["rules"]:
@@ -228,7 +243,17 @@ def _status(state: dict[str, Any]) -> str:
                 owned = " ".join(f"{v}:{n}" for v, n in rule["buckets"].items())
                 target = f"split {split}  sticky {json.dumps(rule['sticky'])}  buckets {owned}"
             lines.append(f"  rule {rule['name']:<14} {match:<40} {target}")
+    flagged = {where: entry for where, entry in state.get("overridden", {}).items()
+               if not where.startswith("services.") or where.removeprefix("services.") not in state["services"]}
+    if flagged:
+        lines.append("")
+        lines.extend(f"{where}: {_overridden(entry).strip()}" for where, entry in flagged.items())
     return "\n".join(lines)
+
+
+def _overridden(entry: dict[str, Any]) -> str:
+    return (f"  admin changes since generation {entry['since']} override the config file: "
+            f"{', '.join(entry['parts'])} (turnout reset drops them)")
 
 
 def proxy_main() -> int:

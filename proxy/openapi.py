@@ -29,6 +29,16 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                        "draining": {"type": "array", "items": {"type": "string"}},
                        "tls": {"type": "object"}, "health": {"type": "object"}},
     },
+    "Reset": {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "what to reset: services and flags by name, or everything with all",
+        "properties": {
+            "services": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+            "flags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+            "all": {"type": "boolean"},
+        },
+    },
     "Rollback": {
         "type": "object", "required": ["generation"], "additionalProperties": False,
         "properties": {"generation": {"type": "integer", "minimum": 1}},
@@ -122,6 +132,12 @@ DOCUMENT: dict[str, Any] = {
             "parameters": [{"name": "If-Match", "in": "header", "schema": {"type": "string"}}],
             "requestBody": {"required": True, **_json("Rollback")},
             "responses": {"200": {"description": "rolled back", **_json("Change")}, **_errors(400, 401, 403, 404, 409)},
+        }},
+        "/v1/reset": {"post": {
+            "summary": "drop admin changes so the config file shows through again, as a new generation",
+            "parameters": [{"name": "If-Match", "in": "header", "schema": {"type": "string"}}],
+            "requestBody": {"required": True, **_json("Reset")},
+            "responses": {"200": {"description": "reset", **_json("Change")}, **_errors(400, 401, 403, 409, 422)},
         }},
         "/v1/reload": {"post": {
             "summary": "re-read the config file and its certificates, with the admin changes on top",

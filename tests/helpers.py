@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 
-def service(versions: dict[str, list[str]], rules: list[dict[str, Any]] | None = None,
+def service(versions: dict[str, Any], rules: list[dict[str, Any]] | None = None,
             **route: Any) -> dict[str, Any]:
     body: dict[str, Any] = {"versions": {name: eps for name, eps in versions.items()}}
     if rules is not None:

@@ -112,3 +112,28 @@ async def test_flags_commands_and_their_metrics(upstreams, spawn_proxy, tmp_path
                                ) as response:
             text = await response.text()
     assert 'turnout_flag_evaluations_total{flag="checkout",variant="off"} 5.0' in text  # killed: all off
+
+
+async def test_status_shows_overrides_and_reset_drops_them(upstreams, spawn_proxy, tmp_path: Path) -> None:
+    v1, v2 = await upstreams("v1"), await upstreams("v2")
+    process = spawn_proxy(config_text(v1.address, v2.address))
+    await wait_admin(process)
+    env = {"TURNOUT_ADMIN_URL": process.admin_url()}
+    token_file = str(tmp_path / "admin.token")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return turnout(*args, "--token-file", token_file, env=env)
+
+    assert (await asyncio.to_thread(run, "weights", "set", "shop", "v1=0", "v2=1")).returncode == 0
+    status = await asyncio.to_thread(run, "status")
+    assert ("  admin changes since generation 2 override the config file: rules (turnout reset drops them)"
+            in status.stdout.splitlines())
+    neither = await asyncio.to_thread(run, "reset")
+    assert neither.returncode == 1 and "reset needs SERVICE names" in neither.stderr
+    reset = await asyncio.to_thread(run, "reset", "shop")
+    assert (reset.returncode, reset.stdout.strip()) == (0, "generation 3: reset service shop")
+    assert "override" not in (await asyncio.to_thread(run, "status")).stdout
+    again = await asyncio.to_thread(run, "reset", "--all")
+    assert again.returncode == 1 and "409: there are no admin changes to reset" in again.stderr
+    async with aiohttp.ClientSession() as session:
+        assert set((await versions(session, process.port, range(30))).values()) == {"v1"}  # the file's 100/0
