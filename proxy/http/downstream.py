@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -26,7 +25,8 @@ import httptools
 from ..core.match import Request
 from ..core.routing import normalise_host
 from .exchange import PENDING_LIMIT, Exchange
-from .http1 import HOP_BY_HOP, PLAIN_TOKENS, Reject, connection_tokens, local_response
+from .head import end_to_end, read_fields, request_target, sticky_cookie, upstream_head
+from .http1 import Reject, local_response
 
 if TYPE_CHECKING:
     from ..core.stats import VersionStats
@@ -41,9 +41,6 @@ NEVER = float("inf")
 LINGER = 2.0  # seconds a closing connection keeps reading (and discarding) after its last response
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-# Headers never passed on as received (the proxy writes its own), and those ``prepare`` also looks at.
-_DROPPED = HOP_BY_HOP | {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
-_SPECIAL = _DROPPED | {b"expect"}
 _METHODS: dict[bytes, str] = {}
 
 
@@ -214,7 +211,8 @@ class Downstream(asyncio.Protocol):
     # ------------------------------------------------------------------ the request
 
     def prepare(self) -> Exchange:
-        """Validate the head, route it, and build the upstream request head."""
+        """Validate the head, route it, and build the upstream request head (the steps are the pure
+        functions of ``head``; this method only runs them in order on one snapshot)."""
         parser = self.parser
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":
@@ -223,65 +221,22 @@ class Downstream(asyncio.Protocol):
         method = parser.get_method()
         if method == b"CONNECT":
             raise Reject(405, "CONNECT is not supported")
-        host: bytes | None = None
-        length: bytes | None = None
-        chunked = False
-        tokens: set[bytes] | None = None
-        upgrade = b""
-        te_trailers = False
-        expect_continue = False
-        forwarded_for = b""
         state = self.worker.state  # one snapshot for the whole decision
-        wanted = state.header_names
-        fields: dict[str, str] = {}  # what routing sees: lower-case names, repeated headers joined
-        lines: list[bytes] = []  # what the upstream gets: the end-to-end headers as received
-        for name, value in self.headers:
-            lname = name.lower()
-            if lname in _SPECIAL:
-                if lname == b"host":
-                    if host is not None:
-                        raise Reject(400, "duplicate Host header")
-                    host = value
-                elif lname == b"connection":
-                    tokens = connection_tokens(value) if tokens is None else tokens | connection_tokens(value)
-                elif lname == b"content-length":
-                    length = value
-                elif lname == b"transfer-encoding":
-                    chunked = True
-                elif lname == b"upgrade":
-                    upgrade = value
-                elif lname == b"te":
-                    te_trailers = b"trailers" in value.lower()
-                elif lname == b"x-forwarded-for":
-                    forwarded_for = value if not forwarded_for else forwarded_for + b", " + value
-                if lname != b"expect":
-                    continue
-                expect_continue = value.lower() == b"100-continue"
-            lines += (name, b": ", value, b"\r\n")
-            if lname in wanted:  # only headers some rule or split reads are decoded for routing
-                key = lname.decode("latin-1")
-                previous = fields.get(key)
-                text = value.decode("latin-1")
-                fields[key] = text if previous is None else previous + ("; " if key == "cookie" else ", ") + text
-        if tokens is not None and not tokens <= PLAIN_TOKENS:
-            # Rare: the client named end-to-end headers as hop-by-hop. Drop them from both views.
-            lines = self.end_to_end(tokens)
-            for token in tokens:
-                fields.pop(token.decode("latin-1"), None)
-
-        target, host = self.request_target(method, host)
+        fields = read_fields(self.headers, state.header_names)
+        target, host = request_target(self.url, method, fields.host)
         if host is None:
             if http11:
                 raise Reject(400, "missing Host header")
             host = b""
         host_text = host.decode("latin-1")
-        fields["host"] = host_text
+        routing_fields = fields.routing
+        routing_fields["host"] = host_text
         path, _, query = target.partition(b"?")
         path_text = path.decode("latin-1")
 
-        has_body = chunked or (length is not None and int(length) > 0)
+        has_body = fields.chunked or (fields.length is not None and int(fields.length) > 0)
         keep_alive = parser.should_keep_alive()
-        close = not keep_alive or (expect_continue and has_body)
+        close = not keep_alive or (fields.expect_continue and has_body)
         head_request = method == b"HEAD"
         if self.listening.redirect_https is not None:
             return self.redirect(host, target, close, head_request)
@@ -291,67 +246,52 @@ class Downstream(asyncio.Protocol):
             return self.local_exchange(404, f"no service for host {host_text!r} and path {path_text!r}",
                                        close, head_request)
         method_text = _METHODS.get(method) or _METHODS.setdefault(method, method.decode("latin-1"))
-        request = Request(method_text, path_text, query.decode("latin-1"), fields, self.client_ip)
+        request = Request(method_text, path_text, query.decode("latin-1"), routing_fields, self.client_ip)
         decision = service.decide(request, worker.draw)
         stats = worker.version_stats.get(decision.version)
         endpoint = decision.version.pick(worker.health.down)
         if endpoint is None:
-            # Never another version: this version's share is answered here (design.md, invariant 2).
+            # Never another version: this version's share is answered here (invariant: health acts
+            # inside a version, never moves traffic between versions).
             what = "no healthy endpoint" if decision.version.endpoints else "no endpoint"
             return self.local_exchange(
                 503, f"{what} for version {decision.version.name!r} of service {service.name!r}",
                 close, head_request, stats=stats,
             )
 
-        forward_upgrade = bool(upgrade) and tokens is not None and b"upgrade" in tokens \
-            and not upgrade.lower().startswith(b"h2c")
+        tokens = fields.tokens
+        forward_upgrade = bool(fields.upgrade) and tokens is not None and b"upgrade" in tokens \
+            and not fields.upgrade.lower().startswith(b"h2c")
+        lines = fields.lines
         set_cookie = b""
+        sticky = decision.sticky if decision.assigned_key is not None else None
         inject = service.config.inject_flags
-        assigned = decision.assigned_key is not None and decision.sticky is not None
-        spoofed = inject is not None and inject.header in fields  # never pass on a client's own flags
-        if assigned or spoofed:
-            skip = {b"cookie"} if assigned else set()
+        spoofed = inject is not None and inject.header in routing_fields
+        if sticky is not None or spoofed:  # lines the proxy replaces: never pass on a client's own flags
+            skip = {b"cookie"} if sticky is not None else set()
             if spoofed:
                 skip.add(service.inject_header)
-            lines = self.end_to_end(tokens or set(), skip)
-        if assigned and decision.sticky is not None:
-            # A fresh sticky key: the upstream sees it as if the client had sent it (in the one Cookie
-            # line RFC 6265 allows), and the client gets it to send from now on.
-            sticky = decision.sticky
-            cookie = f"{sticky.name}={decision.assigned_key}".encode()
-            sent = [value for name, value in self.headers if name.lower() == b"cookie"]
-            lines += (b"Cookie: ", b"; ".join([*sent, cookie]), b"\r\n")
-            set_cookie = b"Set-Cookie: %s; Path=/; Max-Age=%d; HttpOnly; SameSite=Lax\r\n" % (
-                cookie, sticky.max_age)
+            lines = end_to_end(self.headers, tokens or set(), skip)
+        if sticky is not None and decision.assigned_key is not None:
+            cookie_line, set_cookie = sticky_cookie(self.headers, sticky, decision.assigned_key)
+            lines += cookie_line
         if service.injection is not None:
             flag_key = decision.assigned_key or (service.flag_key(request) if service.flag_key else None)
             injected = service.injection.header(flag_key, request)
             worker.stats.injected[injected] += 1
             lines += (service.inject_header, b": ", injected, b"\r\n")
-        out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n", *lines]
-        out += (b"X-Forwarded-For: ", forwarded_for + b", " if forwarded_for else b"",
-                self.client_ip_bytes, b"\r\nX-Forwarded-Proto: ", self.listening.scheme,
-                b"\r\nX-Forwarded-Host: ", host, b"\r\n")
-        if chunked:
-            out.append(b"Transfer-Encoding: chunked\r\n")
-        elif length is not None:
-            out.append(b"Content-Length: %d\r\n" % int(length))
-        if te_trailers:
-            out.append(b"TE: trailers\r\n")
-        if forward_upgrade:
-            out += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n")
-        out.append(b"\r\n")
         exchange = Exchange(
             self,
-            head=b"".join(out),
+            head=upstream_head(method, target, host, fields, lines, self.client_ip_bytes, self.listening.scheme,
+                               forward_upgrade),
             target=endpoint,
-            chunked=chunked,
+            chunked=fields.chunked,
             head_request=head_request,
             client_keep_alive=keep_alive,
             http11=http11,
             upgrade=forward_upgrade,
             retryable=method in IDEMPOTENT and not has_body,
-            expect_continue=expect_continue,
+            expect_continue=fields.expect_continue,
             set_cookie=set_cookie,
             stats=stats,
             route=decision.version,
@@ -361,41 +301,6 @@ class Downstream(asyncio.Protocol):
                                    "bucket": decision.bucket, "method": method_text, "path": path_text,
                                    "generation": state.generation}
         return exchange
-
-    def end_to_end(self, tokens: set[bytes], skip: AbstractSet[bytes] = frozenset()) -> list[bytes]:
-        """The request's end-to-end header lines, without those named in Connection (and ``skip``)."""
-        lines: list[bytes] = []
-        for name, value in self.headers:
-            lname = name.lower()
-            if lname not in _DROPPED and lname not in tokens and lname not in skip:
-                lines += (name, b": ", value, b"\r\n")
-        return lines
-
-    def request_target(self, method: bytes, host: bytes | None) -> tuple[bytes, bytes | None]:
-        """Origin-form as is; absolute-form normalised to origin-form with its authority as Host
-        (RFC 9112 §3.2.2), so routing and forwarding see the same bytes; '*' for OPTIONS only."""
-        url = self.url
-        if url.startswith(b"/"):
-            return url, host
-        if url == b"*":
-            if method != b"OPTIONS":
-                raise Reject(400, "'*' is only a target for OPTIONS")
-            return url, host
-        lowered = url[:8].lower()
-        if lowered.startswith(b"http://") or lowered.startswith(b"https://"):
-            rest = url[url.index(b"//") + 2 :]
-            end = len(rest)
-            for stop in (b"/", b"?"):
-                found = rest.find(stop)
-                if found != -1:
-                    end = min(end, found)
-            authority, target = rest[:end], rest[end:]
-            if not authority or b"@" in authority:
-                raise Reject(400, "bad authority in request target")
-            if not target.startswith(b"/"):
-                target = b"/" + target
-            return target, authority
-        raise Reject(400, "bad request target")
 
     def local_exchange(self, status: int, message: str, close: bool, head_request: bool,
                        extra: bytes = b"", stats: VersionStats | None = None) -> Exchange:
