@@ -9,7 +9,7 @@ import json
 import aiohttp
 import pytest
 
-from .helpers import RawUpstream, parse_response, raw_exchange, service
+from ..helpers import RawUpstream, parse_response, raw_exchange, service
 
 
 def one_version(address: str) -> dict[str, object]:

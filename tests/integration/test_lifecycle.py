@@ -11,7 +11,7 @@ from collections import Counter
 import aiohttp
 import yaml
 
-from .helpers import service
+from ..helpers import service
 
 
 def config_for(v1: str, v2: str, weights: dict[str, int], **top) -> str:

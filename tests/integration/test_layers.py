@@ -16,7 +16,7 @@ import yaml
 
 from .test_admin_changes import Admin, versions, wait_admin
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def layered_config(v1: str, v2: str, weights: dict[str, int], flag_share: int = 20) -> dict[str, Any]:

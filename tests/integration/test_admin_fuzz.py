@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, settings
 
 from proxy.openapi import DOCUMENT
 
-from .conftest import ProxyProcess
+from ..conftest import ProxyProcess
 
 schema = schemathesis.openapi.from_dict(DOCUMENT)
 

@@ -21,7 +21,7 @@ from proxy.core.model import ConfigError
 from proxy.core.reader import parse
 from proxy.worker import Worker
 
-from .helpers import RawUpstream, service
+from ..helpers import RawUpstream, service
 
 TOKEN = "s3cret-token"
 ROUTES = ["/v1/state", "/metrics", "/ready", "/live", "/v1/nothing-here"]

@@ -1,4 +1,4 @@
-"""Bucket-table properties (design.md §1): minimal moves, only from losers to gainers, shares within
+"""Bucket-table properties: minimal moves, only from losers to gainers, shares within
 one bucket of the weights, and the same table in every process."""
 
 from __future__ import annotations
@@ -9,10 +9,21 @@ import sys
 from collections import Counter
 from fractions import Fraction
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.core.buckets import BUCKETS, Table, rebalance, rebalance_table, target_counts, transfers
+from proxy.core.buckets import (
+    BUCKETS,
+    Table,
+    TableError,
+    check,
+    plan,
+    rebalance,
+    rebalance_table,
+    target_counts,
+    transfers,
+)
 from proxy.core.hashing import Bucketer, permutation
 
 NAMES = ["v1", "v2", "v3", "v4", "v5"]
@@ -170,3 +181,16 @@ def test_table_with_unknown_order_behaves_as_before() -> None:
     owners = rebalance(None, {"a": 50, "b": 50})
     unordered = Table(owners, (0,) * BUCKETS)
     assert rebalance_table(unordered, {"a": 80, "b": 20}).owners == rebalance(owners, {"a": 80, "b": 20})
+
+
+def test_plan_rebalances_every_wanted_table_and_check_accepts_only_fitting_ones() -> None:
+    first = plan({}, {("s", "r"): {"a": 9, "b": 1}})
+    second = plan(first, {("s", "r"): {"a": 8, "b": 2}, ("t", "r"): {"x": 1}})
+    moved = transfers(first[("s", "r")].owners, second[("s", "r")].owners)
+    assert moved == {("a", "b"): 1000}
+    check(second, {("s", "r"): {"a": 8, "b": 2}, ("t", "r"): {"x": 1}})
+    assert plan(second, {("s", "r"): {"a": 8, "b": 2}}) == {("s", "r"): second[("s", "r")]}  # a fixed point
+    with pytest.raises(TableError, match="no bucket table for t/r"):
+        check(first, {("s", "r"): {"a": 9, "b": 1}, ("t", "r"): {"x": 1}})
+    with pytest.raises(TableError, match="does not match its weights"):
+        check(first, {("s", "r"): {"a": 8, "b": 2}})

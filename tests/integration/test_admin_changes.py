@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from .helpers import service
+from ..helpers import service
 
 
 def config_text(v1: str, v2: str, weights: dict[str, int] | None = None) -> str:

@@ -11,7 +11,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from .helpers import RawUpstream
+from ..helpers import RawUpstream
 
 
 async def failing_app(status: int, seen: list[str], healthy: dict[str, bool] | None = None) -> TestServer:

@@ -20,8 +20,8 @@ from aiohttp.test_utils import TestServer
 from proxy import config as config_module
 from proxy.worker import Worker
 
-from .conftest import Upstream
-from .helpers import parse_response
+from ..conftest import Upstream
+from ..helpers import parse_response
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from .helpers import RawUpstream, parse_response, raw_exchange, service
+from ..helpers import RawUpstream, parse_response, raw_exchange, service
 
 MALFORMED = {
     "cl-and-te": b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",

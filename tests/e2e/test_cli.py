@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from .test_admin_changes import config_text, versions, wait_admin
+from ..integration.test_admin_changes import config_text, versions, wait_admin
 
 
 def turnout(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

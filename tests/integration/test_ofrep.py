@@ -22,7 +22,7 @@ from openfeature.exception import ErrorCode
 from openfeature.flag_evaluation import Reason
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import ProxyProcess
+from ..conftest import ProxyProcess
 
 FLAGS = {
     "checkout": {"variants": {"on": True, "off": False}, "default": "off",

@@ -7,7 +7,7 @@ from collections import Counter
 
 import aiohttp
 
-from .helpers import service
+from ..helpers import service
 
 
 async def versions_seen(port: int, count: int, headers_of=lambda i: {}, path: str = "/") -> list[str]:

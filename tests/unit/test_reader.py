@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -88,16 +86,5 @@ def test_missing_file_names_it(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["turnout.yaml", "container.yaml"])
 def test_the_shipped_configs_are_valid(name: str) -> None:
-    config = load(Path(__file__).parent.parent / "config" / name)
+    config = load(Path(__file__).parents[2] / "config" / name)
     assert [v.name for v in config.services[0].versions] == ["v1", "v2"]
-
-
-def test_proxy_refuses_to_start_on_a_bad_file(tmp_path: Path) -> None:
-    path = tmp_path / "bad.yaml"
-    path.write_text(BASE.replace("v2: 10}", "v3: 10}"))
-    result = subprocess.run([sys.executable, "-m", "proxy", "--config", str(path)],
-                            capture_output=True, text=True, timeout=30)
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1
-    assert lines[0] == f"turnout: {path}: services.shop.rules[1].split.v3: unknown version 'v3' (versions: v1, v2)"

@@ -1,0 +1,129 @@
+"""The hot path on in-memory transports, the sweeper driven by hand (``Worker.tick(now)``): every
+deadline fires when it should and not before, and never because real time passed (uvicorn's
+``tests/protocols/test_http.py`` is the model)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from proxy.core import reader
+from proxy.http.downstream import Downstream
+from proxy.http.upstream import UpstreamConnection
+from proxy.worker import Worker
+
+CONFIG = """
+listen: 127.0.0.1:0
+limits: {header_timeout: 10s, body_idle_timeout: 20s, keepalive_timeout: 30s, read_timeout: 40s}
+services:
+  shop:
+    versions: {v1: [127.0.0.1:19101]}
+    version: v1
+"""
+HEAD = b"GET / HTTP/1.1\r\nHost: shop\r\n\r\n"
+ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+class Transport:
+    """An in-memory transport that remembers what the protocol did to it."""
+
+    def __init__(self) -> None:
+        self.written = b""
+        self.closed = self.aborted = self.eof = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def writelines(self, pieces: list[bytes]) -> None:
+        self.written += b"".join(pieces)
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def get_extra_info(self, name: str) -> Any:
+        return ("127.0.0.1", 50000) if name == "peername" else None
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+class Setup:
+    """A worker that never starts (no sockets, no loop), one client connection, one pooled upstream."""
+
+    def __init__(self) -> None:
+        self.worker = Worker(reader.parse(CONFIG, "t.yaml"))
+        self.worker.now = 1000.0
+        self.client = Transport()
+        self.down = Downstream(self.worker, self.worker.listeners["http"])
+        self.down.connection_made(self.client)  # type: ignore[arg-type]
+        pool = self.worker.pool(self.worker.state.services["shop"].versions["v1"].endpoints[0])
+        self.upstream = Transport()
+        self.conn = UpstreamConnection(pool)
+        self.conn.connection_made(self.upstream)  # type: ignore[arg-type]
+        pool.open += 1
+        pool.idle.append(self.conn)
+
+    def tick(self, seconds: float) -> None:
+        self.worker.tick(self.worker.now + seconds)
+
+    def status(self) -> int:
+        return int(self.client.written.split(b" ", 2)[1])
+
+
+@pytest.fixture
+def setup() -> Setup:
+    return Setup()
+
+
+def test_an_unfinished_head_gets_408_at_the_header_deadline(setup: Setup) -> None:
+    setup.down.data_received(b"GET / HTTP/1.1\r\nHost: sh")
+    setup.tick(9.9)
+    assert setup.client.written == b""
+    setup.tick(0.2)
+    assert setup.status() == 408 and b"request header timeout" in setup.client.written
+    assert setup.upstream.written == b""  # never reached an upstream
+
+
+def test_a_stalled_body_gets_408_at_the_body_idle_deadline_and_each_byte_resets_it(setup: Setup) -> None:
+    setup.down.data_received(b"POST / HTTP/1.1\r\nHost: shop\r\nContent-Length: 10\r\n\r\nab")
+    setup.tick(19.0)
+    setup.down.data_received(b"cd")  # progress: the deadline starts again from now
+    setup.tick(19.0)
+    assert setup.client.written == b""  # 38 s since the head, 19 s since the last byte: no answer yet
+    assert setup.upstream.written.endswith(b"abcd")  # the body streams through as it comes
+    setup.tick(1.1)
+    assert setup.status() == 408 and setup.client.aborted
+
+
+def test_an_idle_keep_alive_connection_closes_at_the_keepalive_deadline(setup: Setup) -> None:
+    setup.down.data_received(HEAD)
+    setup.conn.data_received(ANSWER)
+    assert setup.status() == 200 and not setup.client.closed
+    setup.tick(29.9)
+    assert not setup.client.closed
+    setup.tick(0.2)
+    assert setup.client.closed
+
+
+def test_an_upstream_that_never_answers_gets_504_at_the_read_deadline(setup: Setup) -> None:
+    setup.down.data_received(HEAD)
+    assert setup.upstream.written.startswith(b"GET / HTTP/1.1\r\nHost: shop\r\n")
+    for _ in range(399):  # 39.9 s of sweeper ticks: nothing yet
+        setup.tick(0.1)
+    assert setup.client.written == b""
+    setup.tick(0.2)
+    assert setup.status() == 504
