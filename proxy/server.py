@@ -53,6 +53,9 @@ def serve(config_path: str, workers: int = 1) -> int:
     except ValueError as exc:  # the state file is not JSON: refuse rather than drop admin changes
         print(f"turnout: {control.state_path}: unreadable ({exc}); fix or remove it", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"turnout: {control.state_path}: cannot read it: {exc.strerror}", file=sys.stderr)
+        return 2
     demo = start_demo(config)
     try:
         sockets = {}

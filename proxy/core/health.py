@@ -1,7 +1,7 @@
 """Endpoint health inside a version: passive outlier ejection, active checks, and the retry budget.
 
 Health only ever narrows the endpoints a version picks from; it never sends a request to another
-version (design.md §4, invariant 2). When every endpoint of a version is out, that version's share of
+version. When every endpoint of a version is out, that version's share of
 traffic is answered 503 by the proxy.
 
 - Passive: ``consecutive_failures`` connect failures or 5xx answers in a row eject an endpoint for

@@ -6,7 +6,7 @@ Until it has an upstream connection, request body bytes are buffered (bounded: t
 once attached, they stream straight through with the framing recomputed. The response is re-framed
 the same way, and what one ``data_received`` produced is written to the client in one write.
 
-Failure rules (design.md §4): a connect failure is 502, a connect or read timeout 504, a version with no
+Failure rules: a connect failure is 502, a connect or read timeout 504, a version with no
 endpoint 503; once response bytes have reached the client, any failure aborts the client connection so
 the client never mistakes a cut body for a whole one. A request is retried only when a *reused* idle
 connection turned out to be dead before answering and the request is idempotent and has no body.

@@ -1,4 +1,4 @@
-"""Endpoint health acts inside a version only (design.md §4, invariant 2): ejection and active checks
+"""Endpoint health acts inside a version only: ejection and active checks
 narrow a version's endpoints, retries go to another endpoint of the same version, and a version with
 no healthy endpoint answers 503 while the other versions serve normally."""
 

@@ -30,6 +30,12 @@ def layered_config(v1: str, v2: str, weights: dict[str, int], flag_share: int = 
     }
 
 
+async def start(spawn_proxy: Any, tmp_path: Path, v1: str, v2: str, weights: dict[str, int]) -> tuple[Any, Admin]:
+    process = spawn_proxy(yaml.safe_dump(layered_config(v1, v2, weights)))
+    await wait_admin(process)
+    return process, Admin(process, tmp_path)
+
+
 async def reload(process: Any, admin: Admin, session: aiohttp.ClientSession) -> int:
     """SIGHUP, then the generation once the log says how the reload went."""
     marks = process.output().count("reload")
@@ -45,9 +51,7 @@ async def reload(process: Any, admin: Admin, session: aiohttp.ClientSession) -> 
 async def test_admin_changes_build_on_the_loaded_file_and_a_reload_must_be_valid_alone(
         upstreams, spawn_proxy, tmp_path: Path) -> None:
     v1, v2, other = await upstreams("v1"), await upstreams("v2"), await upstreams("other")
-    process = spawn_proxy(yaml.safe_dump(layered_config(v1.address, v2.address, {"v1": 100, "v2": 0})))
-    await wait_admin(process)
-    admin = Admin(process, tmp_path)
+    process, admin = await start(spawn_proxy, tmp_path, v1.address, v2.address, {"v1": 100, "v2": 0})
     path = process.config_path
     async with aiohttp.ClientSession() as session:
         # An edit that was never reloaded (v1 now points elsewhere) ...
@@ -82,9 +86,7 @@ async def test_admin_changes_build_on_the_loaded_file_and_a_reload_must_be_valid
 
 async def test_overrides_are_visible_logged_and_reset_to_the_file(upstreams, spawn_proxy, tmp_path: Path) -> None:
     v1, v2 = await upstreams("v1"), await upstreams("v2")
-    process = spawn_proxy(yaml.safe_dump(layered_config(v1.address, v2.address, {"v1": 100, "v2": 0})))
-    await wait_admin(process)
-    admin = Admin(process, tmp_path)
+    process, admin = await start(spawn_proxy, tmp_path, v1.address, v2.address, {"v1": 100, "v2": 0})
     path = process.config_path
     async with aiohttp.ClientSession() as session:
         status, body = await admin.call(session, "POST", "/v1/reset", {"all": True})
@@ -121,9 +123,7 @@ async def test_overrides_are_visible_logged_and_reset_to_the_file(upstreams, spa
 async def test_rollback_restores_a_generation_exactly_whatever_the_file_says(
         upstreams, spawn_proxy, tmp_path: Path) -> None:
     v1, v2, v1b = await upstreams("v1"), await upstreams("v2"), await upstreams("v1b")
-    process = spawn_proxy(yaml.safe_dump(layered_config(v1.address, v2.address, {"v1": 70, "v2": 30})))
-    await wait_admin(process)
-    admin = Admin(process, tmp_path)
+    process, admin = await start(spawn_proxy, tmp_path, v1.address, v2.address, {"v1": 70, "v2": 30})
     path = process.config_path
     users = range(300)
     async with aiohttp.ClientSession() as session:
@@ -150,3 +150,36 @@ async def test_rollback_restores_a_generation_exactly_whatever_the_file_says(
         assert not v1b.seen
         status, body = await admin.call(session, "GET", "/v1/generations/1/diff/4")
         assert body["changes"] == []
+
+
+async def test_a_change_that_cannot_be_persisted_is_refused_and_changes_nothing(
+        upstreams, spawn_proxy, tmp_path: Path) -> None:
+    v1, v2 = await upstreams("v1"), await upstreams("v2")
+    process, admin = await start(spawn_proxy, tmp_path, v1.address, v2.address, {"v1": 100, "v2": 0})
+    state_file = process.config_path.with_name("turnout.yaml.state.json")
+    saved = state_file.read_bytes()
+    async with aiohttp.ClientSession() as session:
+        state_file.unlink()
+        state_file.mkdir()  # the rename over it fails (root ignores permissions; a directory does not)
+        status, body = await admin.call(session, "PUT", "/v1/services/shop/rules/default/weights",
+                                        {"weights": {"v1": 0, "v2": 100}})
+        assert status == 507 and "cannot write the state file" in body["error"] and body["field"] == "state file"
+        assert set((await versions(session, process.port, range(30))).values()) == {"v1"}  # not applied
+        _, listing = await admin.call(session, "GET", "/v1/generations")
+        assert listing["current"] == 1 and [g["generation"] for g in listing["generations"]] == [1]
+        state_file.rmdir()
+        status, body = await admin.call(session, "PUT", "/v1/services/shop/rules/default/weights",
+                                        {"weights": {"v1": 0, "v2": 100}})
+        assert status == 200 and body["generation"] == 2  # the refused change used no number
+        assert set((await versions(session, process.port, range(30))).values()) == {"v2"}
+    assert saved != state_file.read_bytes()
+
+
+def test_a_start_on_a_state_file_it_cannot_read_or_replace_stops_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "turnout.yaml"
+    path.write_text(yaml.safe_dump(layered_config("127.0.0.1:1", "127.0.0.1:2", {"v1": 1, "v2": 0})))
+    (tmp_path / "turnout.yaml.state.json").mkdir()  # neither readable as a state file nor replaceable
+    result = subprocess.run([sys.executable, "-m", "proxy", "--config", str(path)], capture_output=True,
+                            text=True, timeout=30, cwd=ROOT)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith("turnout.yaml.state.json: cannot read it: Is a directory")

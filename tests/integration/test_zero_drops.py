@@ -1,4 +1,4 @@
-"""Invariant 1 (design.md §4): routing changes under load fail zero requests, and a sticky user changes
+"""Routing changes under load fail zero requests, and a sticky user changes
 version only when a change moved their bucket. Against a real Turnout process."""
 
 from __future__ import annotations
