@@ -4,11 +4,14 @@ messages, one per line, both ways. The one sender and receiver both ends use."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 
 from .core import wire
 
 __all__ = ["Channel"]
+
+log = logging.getLogger("turnout")
 
 
 class Channel:
@@ -27,6 +30,11 @@ class Channel:
             self.writer.write(wire.encode(message))
 
     async def receive(self) -> wire.Message | None:
-        """The next message, or None once the other end has closed."""
-        line = await self.reader.readline()
-        return wire.decode(line) if line else None
+        """The next message, or None once the other end has closed. A line that is not a message (of
+        another protocol version, say) is logged and skipped: the next snapshot is complete anyway."""
+        while line := await self.reader.readline():
+            try:
+                return wire.decode(line)
+            except wire.WireError as exc:
+                log.error("control channel: dropped a line that is not a message: %s", exc)
+        return None

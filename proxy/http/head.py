@@ -39,61 +39,65 @@ class Fields:
     __slots__ = ("chunked", "expect_continue", "forwarded_for", "host", "length", "lines", "routing", "te_trailers",
                  "tokens", "upgrade")
 
-    def __init__(self) -> None:
-        self.host: bytes | None = None
-        self.length: bytes | None = None  # Content-Length as received (llhttp checked it is one number)
-        self.chunked = False
-        self.tokens: set[bytes] | None = None  # Connection's tokens
-        self.upgrade = b""
-        self.te_trailers = False
-        self.expect_continue = False
-        self.forwarded_for = b""
-        self.routing: dict[str, str] = {}  # lower-case names; repeated fields joined; only what routing reads
-        self.lines: list[bytes] = []  # the end-to-end lines as received, ready to join
+    def __init__(self, host: bytes | None, length: bytes | None, chunked: bool, tokens: set[bytes] | None,
+                 upgrade: bytes, te_trailers: bool, expect_continue: bool, forwarded_for: bytes,
+                 routing: dict[str, str], lines: list[bytes]) -> None:
+        self.host = host
+        self.length = length  # Content-Length as received (llhttp checked it is one number)
+        self.chunked = chunked
+        self.tokens = tokens  # Connection's tokens
+        self.upgrade = upgrade
+        self.te_trailers = te_trailers
+        self.expect_continue = expect_continue
+        self.forwarded_for = forwarded_for
+        self.routing = routing  # lower-case names; repeated fields joined; only what routing reads
+        self.lines = lines  # the end-to-end lines as received, ready to join
 
 
 def read_fields(headers: Headers, wanted: AbstractSet[bytes]) -> Fields:
     """One pass over the header fields. ``wanted``: the lower-case names routing reads (the snapshot's
     ``header_names``); only those are decoded. ``Reject(400)`` for a second Host."""
-    found = Fields()
-    routing = found.routing
-    lines = found.lines
+    host: bytes | None = None
+    length: bytes | None = None
+    chunked = te_trailers = expect_continue = False
+    tokens: set[bytes] | None = None
+    upgrade = forwarded_for = b""
+    routing: dict[str, str] = {}
+    lines: list[bytes] = []
     for name, value in headers:
         lname = name.lower()
         if lname in _SPECIAL:
             if lname == b"host":
-                if found.host is not None:
+                if host is not None:
                     raise Reject(400, "duplicate Host header")
-                found.host = value
+                host = value
             elif lname == b"connection":
-                named = connection_tokens(value)
-                found.tokens = named if found.tokens is None else found.tokens | named
+                tokens = connection_tokens(value) if tokens is None else tokens | connection_tokens(value)
             elif lname == b"content-length":
-                found.length = value
+                length = value
             elif lname == b"transfer-encoding":
-                found.chunked = True
+                chunked = True
             elif lname == b"upgrade":
-                found.upgrade = value
+                upgrade = value
             elif lname == b"te":
-                found.te_trailers = b"trailers" in value.lower()
+                te_trailers = b"trailers" in value.lower()
             elif lname == b"x-forwarded-for":
-                found.forwarded_for = value if not found.forwarded_for else found.forwarded_for + b", " + value
+                forwarded_for = value if not forwarded_for else forwarded_for + b", " + value
             if lname != b"expect":
                 continue
-            found.expect_continue = value.lower() == b"100-continue"
+            expect_continue = value.lower() == b"100-continue"
         lines += (name, b": ", value, b"\r\n")
         if lname in wanted:
             key = lname.decode("latin-1")
             previous = routing.get(key)
             text = value.decode("latin-1")
             routing[key] = text if previous is None else previous + ("; " if key == "cookie" else ", ") + text
-    tokens = found.tokens
     if tokens is not None and not tokens <= PLAIN_TOKENS:
         # Rare: the client named end-to-end headers as hop-by-hop. Drop them from both views.
-        found.lines = end_to_end(headers, tokens)
+        lines = end_to_end(headers, tokens)
         for token in tokens:
             routing.pop(token.decode("latin-1"), None)
-    return found
+    return Fields(host, length, chunked, tokens, upgrade, te_trailers, expect_continue, forwarded_for, routing, lines)
 
 
 def end_to_end(headers: Headers, tokens: AbstractSet[bytes], skip: AbstractSet[bytes] = frozenset()) -> list[bytes]:

@@ -132,6 +132,9 @@ async def test_channel_ends_at_eof() -> None:
     a, b = await Channel.over(left), await Channel.over(right)
     a.send(wire.Collect(1))
     assert await b.receive() == wire.Collect(1)
+    a.writer.write(b'{"v": 99, "kind": "ack", "generation": 1}\n')  # another protocol's line: skipped
+    a.send(wire.Ack(2))
+    assert await b.receive() == wire.Ack(2)
     a.writer.close()
     assert await asyncio.wait_for(b.receive(), 5) is None
     b.writer.close()
