@@ -42,8 +42,9 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from . import metrics, openapi
-from .control import Control, Entry
+from .control import Control
 from .core import explain, overlay
+from .core.history import Entry
 from .core.match import Request
 from .core.model import Admin, Condition, ConfigError, Match, Sticky
 from .core.overlay import ChangeError
