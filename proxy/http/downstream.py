@@ -42,6 +42,10 @@ LINGER = 2.0  # seconds a closing connection keeps reading (and discarding) afte
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 _METHODS: dict[bytes, str] = {}
+# Host header -> lookup key. Clients send few distinct Host values, so normalising each once saves
+# several string operations per request; bounded, so that a client inventing hosts cannot grow it.
+_HOSTS: dict[str, str] = {}
+_HOSTS_KEPT = 4096
 
 
 class Downstream(asyncio.Protocol):
@@ -241,7 +245,12 @@ class Downstream(asyncio.Protocol):
         if self.listening.redirect_https is not None:
             return self.redirect(host, target, close, head_request)
         worker = self.worker
-        service = state.find(normalise_host(host_text), path_text)
+        lookup = _HOSTS.get(host_text)
+        if lookup is None:
+            lookup = normalise_host(host_text)
+            if len(_HOSTS) < _HOSTS_KEPT:
+                _HOSTS[host_text] = lookup
+        service = state.find(lookup, path_text)
         if service is None:
             return self.local_exchange(404, f"no service for host {host_text!r} and path {path_text!r}",
                                        close, head_request)
