@@ -34,21 +34,20 @@ import hmac
 import json
 import os
 import secrets
-from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
 
-from . import metrics, openapi
+from . import metrics
 from .control import Control
-from .core import explain, overlay
+from .core import changes, explain, openapi
 from .core.history import Entry
-from .core.match import Request
-from .core.model import Admin, Condition, ConfigError, Match, Sticky
+from .core.model import Admin, ConfigError
 from .core.overlay import ChangeError
 from .core.routing import RoutingState
+from .core.views import describe, describe_flags
 
 __all__ = ["AdminBackend", "load_token", "make_app"]
 
@@ -176,49 +175,13 @@ def make_app(backend: AdminBackend, token: str, control: Control | None = None,
 
 
 async def read_json(request: web.Request) -> Any:
-    """The JSON body, or ValueError for anything that is not strict JSON (RFC 8259): Python's parser
-    also takes NaN and Infinity, recurses as deep as the nesting goes, and lets ``"\\ud800"`` (a lone
-    surrogate) through, which nothing can encode later."""
-    try:
-        data = json.loads(await request.text(), parse_constant=_not_json)
-        json.dumps(data, ensure_ascii=False).encode()  # UnicodeEncodeError is a ValueError
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
-    return data
-
-
-def _not_json(constant: str) -> Any:
-    raise ValueError(f"{constant} is not JSON")
+    """The JSON body, or ValueError for anything that is not strict JSON (``changes.strict_json``)."""
+    return changes.strict_json(await request.read())
 
 
 def _add_changes(app: web.Application, control: Control, backend: AdminBackend) -> None:
-    validators = {name: openapi.validator(name)
-                  for name in ("Weights", "Rules", "Version", "Rollback", "Reset", "Explain", "Flag", "Rollout")}
-
     async def body(request: web.Request, schema: str) -> dict[str, Any]:
-        """The JSON body, checked against the schema the OpenAPI document publishes for it."""
-        try:
-            data = await read_json(request)
-        except ValueError:
-            raise ChangeError(400, "the body must be JSON", "body") from None
-        if not isinstance(data, dict):
-            raise ChangeError(400, "the body must be a JSON object", "body")
-        problem = next(iter(sorted(validators[schema].iter_errors(data), key=lambda e: list(e.absolute_path))), None)
-        if problem is not None:
-            where = ".".join(str(part) for part in problem.absolute_path)
-            if problem.validator == "required":
-                where = ".".join([where, *(k for k in problem.validator_value if k not in problem.instance)]).strip(".")
-            raise ChangeError(422, problem.message, where or "body")
-        return data
-
-    def if_match(request: web.Request) -> int | None:
-        value = request.headers.get("If-Match")
-        if value is None:
-            return None
-        cleaned = value.strip().removeprefix("W/").strip('"')
-        if not cleaned.isdigit():
-            raise ChangeError(400, f"If-Match must be a generation number, got {value!r}", "If-Match")
-        return int(cleaned)
+        return changes.parse_body(await request.read(), schema)
 
     async def changed(entry: Entry) -> web.Response:
         """Answer once every worker serves the new generation, or say which did not in time."""
@@ -230,62 +193,31 @@ def _add_changes(app: web.Application, control: Control, backend: AdminBackend) 
     def actor(request: web.Request) -> str:
         return request.headers.get("X-Turnout-Actor", "admin-api")[:100]
 
-    async def apply(request: web.Request, what: str,
-                    make: Callable[[Any, overlay.Overlay], overlay.Overlay]) -> web.Response:
-        """Apply a change, or with ``?dry_run=true`` only say which sticky users it would move."""
-        if request.query.get("dry_run", "").lower() in ("1", "true", "yes"):
-            current = backend.routing_state()
-            after = control.preview(make)
-            return web.json_response({"dry_run": True, "generation": current.generation, "what": what,
-                                      "splits": explain.moves(current, after)})
-        return await changed(control.change(actor(request), what, make, if_match(request)))
+    def if_match(request: web.Request) -> int | None:
+        return changes.if_match(request.headers.get("If-Match"))
 
-    async def weights(request: web.Request) -> web.Response:
-        service, rule = request.match_info["service"], request.match_info["rule"]
-        given = (await body(request, "Weights"))["weights"]
-        what = f"weights of {service}/{rule}: " + ", ".join(f"{k}={v}" for k, v in given.items())
-        return await apply(request, what, lambda doc, old: overlay.set_weights(doc, old, service, rule, given))
-
-    async def rules(request: web.Request) -> web.Response:
-        service = request.match_info["service"]
-        given = (await body(request, "Rules"))["rules"]
-        return await apply(request, f"rules of {service}",
-                     lambda doc, old: overlay.replace_rules(doc, old, service, given))
-
-    async def version(request: web.Request) -> web.Response:
-        service, name = request.match_info["service"], request.match_info["version"]
-        data = await body(request, "Version")
-        return await apply(request, f"endpoints of {service}/{name}",
-                     lambda doc, old: overlay.set_version(doc, old, service, name, data))
+    def route(schema: str | None, build: Callable[[Mapping[str, str], dict[str, Any]], changes.Change]) -> Handler:
+        async def handle(request: web.Request) -> web.Response:
+            """Apply a change, or with ``?dry_run=true`` only say which sticky users it would move."""
+            change = build(request.match_info, await body(request, schema) if schema else {})
+            if request.query.get("dry_run", "").lower() in ("1", "true", "yes"):
+                current = backend.routing_state()
+                after = control.preview(change.make)
+                return web.json_response({"dry_run": True, "generation": current.generation, "what": change.what,
+                                          "splits": explain.moves(current, after)})
+            return await changed(control.change(actor(request), change.what, change.make, if_match(request)))
+        return handle
 
     async def rollback(request: web.Request) -> web.Response:
         generation = (await body(request, "Rollback"))["generation"]
         return await changed(control.rollback(actor(request), generation, if_match(request)))
 
     async def reset(request: web.Request) -> web.Response:
-        data = await body(request, "Reset")
-        if data.get("all"):
-            if data.get("services") or data.get("flags"):
-                raise ChangeError(422, "'all' resets everything: give it alone", "all")
-            return await changed(control.reset(actor(request), None, None, if_match(request)))
-        if not data.get("services") and not data.get("flags"):
-            raise ChangeError(422, "name services or flags to reset, or give all: true", "services")
-        return await changed(control.reset(actor(request), data.get("services", []), data.get("flags", []),
-                                           if_match(request)))
+        services, flags = changes.reset_request(await body(request, "Reset"))
+        return await changed(control.reset(actor(request), services, flags, if_match(request)))
 
     async def explain_route(request: web.Request) -> web.Response:
-        data = await body(request, "Explain")
-        headers = {k.lower(): v for k, v in data.get("headers", {}).items()}
-        cookies = data.get("cookies", {})
-        if cookies:
-            headers["cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
-        host = str(data.get("host") or headers.get("host", ""))
-        headers["host"] = host
-        path = str(data.get("path", "/"))
-        if not path.startswith("/"):
-            raise ChangeError(422, "'path' must start with '/'", "path")
-        probe = Request(str(data.get("method", "GET")).upper(), path, str(data.get("query", "")), headers,
-                        str(data.get("client_ip", "127.0.0.1")))
+        host, probe = changes.explain_request(await body(request, "Explain"))
         return web.json_response(explain.explain(backend.routing_state(), host, probe))
 
     async def reload(request: web.Request) -> web.Response:
@@ -295,26 +227,6 @@ def _add_changes(app: web.Application, control: Control, backend: AdminBackend) 
     async def flags(request: web.Request) -> web.Response:
         return web.json_response({"generation": backend.routing_state().generation,
                                   "flags": describe_flags(backend.routing_state())})
-
-    async def put_flag(request: web.Request) -> web.Response:
-        key, flag = request.match_info["key"], await body(request, "Flag")
-        return await apply(request, f"flag {key}", lambda doc, old: overlay.set_flag(doc, old, key, flag))
-
-    async def flag_rollout(request: web.Request) -> web.Response:
-        key, rollout = request.match_info["key"], (await body(request, "Rollout"))["rollout"]
-        what = f"rollout of flag {key}: " + ", ".join(f"{k}={v}%" for k, v in rollout.items())
-        return await apply(request, what, lambda doc, old: overlay.set_flag_rollout(doc, old, key, rollout))
-
-    async def delete_flag(request: web.Request) -> web.Response:
-        key = request.match_info["key"]
-        return await apply(request, f"delete flag {key}", lambda doc, old: overlay.delete_flag(doc, old, key))
-
-    def switch(enabled: bool, label: str) -> Handler:
-        async def handle(request: web.Request) -> web.Response:
-            key = request.match_info["key"]
-            return await apply(request, f"{label} flag {key}",
-                               lambda doc, old: overlay.set_flag_enabled(doc, old, key, enabled))
-        return handle
 
     async def generations(request: web.Request) -> web.Response:
         return web.json_response({"current": control.generation,
@@ -335,21 +247,14 @@ def _add_changes(app: web.Application, control: Control, backend: AdminBackend) 
             return error(exc.status, exc.message, field=exc.field)
 
     app.middlewares.append(change_errors)
-    app.router.add_put("/v1/services/{service}/rules/{rule}/weights", weights)
-    app.router.add_put("/v1/services/{service}/rules", rules)
-    app.router.add_put("/v1/services/{service}/versions/{version}", version)
+    for method, path, schema, build in changes.CHANGES:
+        app.router.add_route(method, path, route(schema, build))
     app.router.add_post("/v1/rollback", rollback)
     app.router.add_post("/v1/reload", reload)
     app.router.add_post("/v1/reset", reset)
     app.router.add_get("/v1/generations", generations)
     app.router.add_post("/v1/explain", explain_route)
     app.router.add_get("/v1/flags", flags)
-    app.router.add_put("/v1/flags/{key}", put_flag)
-    app.router.add_delete("/v1/flags/{key}", delete_flag)
-    app.router.add_put("/v1/flags/{key}/rollout", flag_rollout)
-    app.router.add_post("/v1/flags/{key}/enable", switch(True, "enable"))
-    app.router.add_post("/v1/flags/{key}/disable", switch(False, "disable"))
-    app.router.add_post("/v1/flags/{key}/kill", switch(False, "kill switch:"))
     app.router.add_get("/v1/generations/{a}/diff/{b}", diff)
 
 
@@ -407,102 +312,3 @@ def _add_ofrep(app: web.Application, backend: AdminBackend) -> None:
 
     app.router.add_post("/ofrep/v1/evaluate/flags/{key}", one)
     app.router.add_post("/ofrep/v1/evaluate/flags", bulk)
-
-
-# ----------------------------------------------------------------------------------------------- views
-
-
-def describe(state: RoutingState, snapshots: list[dict[str, Any]],
-             overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The routing state in the config's own vocabulary, plus what only the running proxy knows: the
-    generation each worker serves, how many buckets each version owns, endpoint health (an endpoint
-    any worker holds out counts as out), and which services and flags admin changes override (parts
-    and since which generation), so that what hides the file is never silent."""
-    overrides = overrides or {}
-    health: dict[str, str] = {}
-    for snapshot in snapshots:
-        for address, status in snapshot.get("health", {}).items():
-            if status != "up":
-                health[address] = status
-    services = {}
-    for service in state.config.services:
-        route = state.services[service.name]
-        rules = []
-        for rule, compiled in zip(service.rules, route.rules, strict=True):
-            entry: dict[str, Any] = {"name": rule.name}
-            if not rule.match.is_empty:
-                entry["match"] = _match(rule.match)
-            if rule.version is not None:
-                entry["version"] = rule.version
-            elif rule.split is not None and compiled.split is not None:
-                entry["split"] = dict(rule.split.weights)
-                entry["sticky"] = _sticky(rule.split.sticky)
-                entry["buckets"] = dict(Counter(compiled.split.owners))
-            rules.append(entry)
-        services[service.name] = {
-            "hosts": list(service.hosts),
-            "path_prefix": service.path_prefix,
-            "versions": {v.name: {"endpoints": [str(e) for e in v.endpoints],
-                                  "health": {**{target.address: health.get(target.address, "up")
-                                                for target in route.versions[v.name].endpoints},
-                                             **{target.address: "draining"
-                                                for target in route.versions[v.name].draining}}}
-                         for v in service.versions},
-            "rules": rules,
-        }
-        if f"services.{service.name}" in overrides:
-            services[service.name]["overridden"] = overrides[f"services.{service.name}"]
-    flags = describe_flags(state)
-    for key, flag in flags.items():
-        if f"flags.{key}" in overrides:
-            flag["overridden"] = overrides[f"flags.{key}"]
-    return {
-        "generation": state.generation,
-        "flags": flags,
-        "overridden": overrides,
-        "workers": [{"pid": s.get("pid"), "generation": s["generation"], "connections": s["connections"]}
-                    for s in snapshots],
-        "services": services,
-    }
-
-
-def describe_flags(state: RoutingState) -> dict[str, Any]:
-    """Each flag as configured, with how many of its rollout buckets each variant owns now."""
-    described = {}
-    for flag in state.config.flags:
-        compiled = state.flags.flags[flag.key]
-        entry: dict[str, Any] = {"enabled": flag.enabled, "default": flag.default,
-                                 "variants": dict(flag.variants), "rules": len(flag.rules)}
-        if flag.rollout is not None and compiled.rollout is not None:
-            entry["rollout"] = {variant: share / 1000 for variant, share in flag.rollout}
-            entry["buckets"] = dict(Counter(compiled.rollout.table.owners))
-        described[flag.key] = entry
-    return described
-
-
-def _condition(condition: Condition) -> Any:
-    if condition.kind in ("present", "absent"):
-        return {condition.kind: True}
-    return {condition.kind: condition.value}
-
-
-def _match(match: Match) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for field in ("headers", "cookies", "query"):
-        pairs = getattr(match, field)
-        if pairs:
-            out[field] = {name: _condition(condition) for name, condition in pairs}
-    if match.path is not None:
-        out["path"] = _condition(match.path)
-    if match.methods is not None:
-        out["method"] = sorted(match.methods)
-    return out
-
-
-def _sticky(sticky: Sticky) -> Any:
-    if sticky.kind in ("none", "client_ip"):
-        return sticky.kind
-    out: dict[str, Any] = {sticky.kind: sticky.name}
-    if sticky.assign:
-        out.update(assign=True, max_age=sticky.max_age)
-    return out

@@ -11,7 +11,7 @@ import schemathesis
 import yaml
 from hypothesis import HealthCheck, settings
 
-from proxy.openapi import DOCUMENT
+from proxy.core.openapi import DOCUMENT
 
 from ..conftest import ProxyProcess
 

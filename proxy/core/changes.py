@@ -1,0 +1,171 @@
+"""Routing changes as an admin API receives them, for every admin API (the proxy's now, the
+controller's next): strict JSON bodies checked against the published schemas, and each change route
+turned into a ``Change`` (what it says, and the pure overlay operation that makes it).
+
+An HTTP layer only routes requests here and answers: ``ChangeError`` carries the status (400 for what
+is not JSON, 422 for a body that does not fit its schema, naming the field) and leaves state alone.
+
+Pure: text and plain data in, changes out.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import overlay
+from .match import Request
+from .openapi import validator
+from .overlay import ChangeError, Overlay
+
+__all__ = ["CHANGES", "Change", "explain_request", "if_match", "parse_body", "reset_request", "strict_json"]
+
+Params = Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    what: str  # as recorded in the history: "weights of shop/default: v1=90, v2=10"
+    make: Callable[[Any, Overlay], Overlay]  # (effective document, overlay) -> the new overlay
+
+
+def strict_json(text: str | bytes) -> Any:
+    """``text`` as JSON, or ValueError for anything that is not strict JSON (RFC 8259): Python's parser
+    also takes NaN and Infinity, recurses as deep as the nesting goes, accepts duplicate keys, and
+    lets ``"\\ud800"`` (a lone surrogate) through, which nothing can encode later."""
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")  # UnicodeDecodeError is a ValueError
+        data = json.loads(text, parse_constant=_not_json, object_pairs_hook=_unique)
+        json.dumps(data, ensure_ascii=False).encode()  # UnicodeEncodeError is a ValueError
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    return data
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"duplicate key {key!r}")
+        found[key] = value
+    return found
+
+
+_VALIDATORS = {name: validator(name) for name in
+               ("Weights", "Rules", "Version", "Rollback", "Reset", "Explain", "Flag", "Rollout")}
+
+
+def parse_body(text: str | bytes, schema: str) -> dict[str, Any]:
+    """A JSON object checked against the schema the OpenAPI document publishes for it."""
+    try:
+        data = strict_json(text)
+    except ValueError as exc:
+        raise ChangeError(400, f"the body must be JSON: {exc}", "body") from None
+    if not isinstance(data, dict):
+        raise ChangeError(400, "the body must be a JSON object", "body")
+    problem = next(iter(sorted(_VALIDATORS[schema].iter_errors(data), key=lambda e: list(e.absolute_path))), None)
+    if problem is not None:
+        where = ".".join(str(part) for part in problem.absolute_path)
+        if problem.validator == "required":
+            where = ".".join([where, *(k for k in problem.validator_value if k not in problem.instance)]).strip(".")
+        raise ChangeError(422, problem.message, where or "body")
+    return data
+
+
+def if_match(value: str | None) -> int | None:
+    """An ``If-Match`` header: the generation a change was based on."""
+    if value is None:
+        return None
+    cleaned = value.strip().removeprefix("W/").strip('"')
+    if not cleaned.isdigit() or len(cleaned) > 18:
+        raise ChangeError(400, f"If-Match must be a generation number, got {value[:40]!r}", "If-Match")
+    return int(cleaned)
+
+
+# -- the change routes: (params, body) -> Change
+
+
+def _weights(params: Params, data: dict[str, Any]) -> Change:
+    service, rule, given = params["service"], params["rule"], data["weights"]
+    return Change(f"weights of {service}/{rule}: " + ", ".join(f"{k}={v}" for k, v in given.items()),
+                  lambda doc, old: overlay.set_weights(doc, old, service, rule, given))
+
+
+def _rules(params: Params, data: dict[str, Any]) -> Change:
+    service, given = params["service"], data["rules"]
+    return Change(f"rules of {service}", lambda doc, old: overlay.replace_rules(doc, old, service, given))
+
+
+def _version(params: Params, data: dict[str, Any]) -> Change:
+    service, name = params["service"], params["version"]
+    return Change(f"endpoints of {service}/{name}", lambda doc, old: overlay.set_version(doc, old, service, name, data))
+
+
+def _put_flag(params: Params, data: dict[str, Any]) -> Change:
+    key = params["key"]
+    return Change(f"flag {key}", lambda doc, old: overlay.set_flag(doc, old, key, data))
+
+
+def _flag_rollout(params: Params, data: dict[str, Any]) -> Change:
+    key, rollout = params["key"], data["rollout"]
+    return Change(f"rollout of flag {key}: " + ", ".join(f"{k}={v}%" for k, v in rollout.items()),
+                  lambda doc, old: overlay.set_flag_rollout(doc, old, key, rollout))
+
+
+def _delete_flag(params: Params, data: dict[str, Any]) -> Change:
+    key = params["key"]
+    return Change(f"delete flag {key}", lambda doc, old: overlay.delete_flag(doc, old, key))
+
+
+def _switch(enabled: bool, label: str) -> Callable[[Params, dict[str, Any]], Change]:
+    def change(params: Params, data: dict[str, Any]) -> Change:
+        key = params["key"]
+        return Change(f"{label} flag {key}", lambda doc, old: overlay.set_flag_enabled(doc, old, key, enabled))
+    return change
+
+
+# (method, path, body schema or None, builder). Every one is a new generation, and takes ?dry_run=true.
+CHANGES: tuple[tuple[str, str, str | None, Callable[[Params, dict[str, Any]], Change]], ...] = (
+    ("PUT", "/v1/services/{service}/rules/{rule}/weights", "Weights", _weights),
+    ("PUT", "/v1/services/{service}/rules", "Rules", _rules),
+    ("PUT", "/v1/services/{service}/versions/{version}", "Version", _version),
+    ("PUT", "/v1/flags/{key}", "Flag", _put_flag),
+    ("PUT", "/v1/flags/{key}/rollout", "Rollout", _flag_rollout),
+    ("DELETE", "/v1/flags/{key}", None, _delete_flag),
+    ("POST", "/v1/flags/{key}/enable", None, _switch(True, "enable")),
+    ("POST", "/v1/flags/{key}/disable", None, _switch(False, "disable")),
+    ("POST", "/v1/flags/{key}/kill", None, _switch(False, "kill switch:")),
+)
+
+
+def reset_request(data: dict[str, Any]) -> tuple[list[str] | None, list[str] | None]:
+    """A reset body -> (services, flags) to reset; None: all of that kind."""
+    if data.get("all"):
+        if data.get("services") or data.get("flags"):
+            raise ChangeError(422, "'all' resets everything: give it alone", "all")
+        return None, None
+    if not data.get("services") and not data.get("flags"):
+        raise ChangeError(422, "name services or flags to reset, or give all: true", "services")
+    return list(data.get("services", [])), list(data.get("flags", []))
+
+
+def explain_request(data: dict[str, Any]) -> tuple[str, Request]:
+    """An explain body -> (host, the request routing would see)."""
+    headers = {k.lower(): v for k, v in data.get("headers", {}).items()}
+    cookies = data.get("cookies", {})
+    if cookies:
+        headers["cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
+    host = str(data.get("host") or headers.get("host", ""))
+    headers["host"] = host
+    path = str(data.get("path", "/"))
+    if not path.startswith("/"):
+        raise ChangeError(422, "'path' must start with '/'", "path")
+    return host, Request(str(data.get("method", "GET")).upper(), path, str(data.get("query", "")), headers,
+                         str(data.get("client_ip", "127.0.0.1")))
