@@ -22,8 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import statefile, tls
-from .core import buckets, overlay, routing
+from . import tls
+from .core import buckets, overlay, routing, statefile
 from .core.history import Desired, Entry
 from .core.model import Config, ConfigError
 from .core.overlay import ChangeError, Overlay
@@ -65,6 +65,8 @@ class Control:
         its tables planned from the saved ones, persisted before anything serves it.
         ``ConfigError`` for a bad file; ``ValueError`` / ``OSError`` for an unreadable state file;
         ``ChangeError`` (507) when the state file cannot be written."""
+        for left in statefile.clean(self.state_path):
+            log.info("removed %s, left by a write that never finished", left.name)
         saved = statefile.read(self.state_path)
         self.desired = Desired.restored(saved, self._read_file())
         config, document = self._effective(self.desired.overlay)

@@ -10,6 +10,7 @@ Pure: text and documents in, records out. Certificate files are only named here;
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -580,7 +581,13 @@ class Reader:
 
 
 def _loopback(host: str) -> bool:
-    return host == "localhost" or host == "::1" or host.startswith("127.")
+    """Only a name that is loopback by definition, or a loopback address ("127.example.com" is not)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _join(path: str, key: str) -> str:

@@ -4,6 +4,7 @@ each override holds, exact rollback, and a state-file round trip. No I/O, time p
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from proxy.core import overlay, routing
@@ -54,3 +55,17 @@ def test_history_is_bounded_and_survives_the_state_file() -> None:
     assert len(state.history) == HISTORY and state.history[0].generation == 6
     again = Desired.restored(json.loads(json.dumps(state.saved())), FILE)
     assert again == state
+
+
+def test_state_file_round_trip_and_cleanup_of_unfinished_writes(tmp_path: Path) -> None:
+    from proxy.core import statefile
+
+    path = tmp_path / "x.state.json"
+    assert statefile.read(path) is None
+    left = tmp_path / ".x.state.json.123.tmp"
+    left.write_text("half")
+    assert statefile.clean(path) == [left] and not left.exists()
+    state = step(Desired(FILE), {}, 1.0)
+    statefile.write(path, state.saved())
+    assert Desired.restored(statefile.read(path), FILE) == state
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.state.json"]

@@ -88,3 +88,14 @@ def test_missing_file_names_it(tmp_path: Path) -> None:
 def test_the_shipped_configs_are_valid(name: str) -> None:
     config = load(Path(__file__).parents[2] / "config" / name)
     assert [v.name for v in config.services[0].versions] == ["v1", "v2"]
+
+
+@pytest.mark.parametrize(("listen", "loopback"), [
+    ("127.0.0.1:9901", True), ("127.8.9.1:9901", True), ("[::1]:9901", True), ("localhost:9901", True),
+    ("127.example.com:9901", False), ("0.0.0.0:9901", False), ("10.0.0.1:9901", False)])
+def test_only_a_real_loopback_admin_listener_may_generate_its_token(listen: str, loopback: bool) -> None:
+    text = BASE + f"admin: {{listen: '{listen}'}}\n"
+    if loopback:
+        assert parse(text, "conf.yaml").admin is not None
+    else:
+        assert "is not a loopback address: set token_file or token_env" in error_of(text)

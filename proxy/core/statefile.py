@@ -1,7 +1,10 @@
-"""The admin state file: written so that a crash at any moment leaves either the old or the new file.
+"""The state file of a writer of routing state (the proxy's admin state, the controller's store):
+written so that a crash at any moment leaves either the old or the new file.
 
 Write a temporary file in the same directory, fsync it, rename it over the old one (atomic on POSIX),
-then fsync the directory so the rename itself is durable.
+then fsync the directory so the rename itself is durable. ``clean`` removes the temporary files a
+``kill -9`` may leave behind. The core's one piece of file I/O: both processes persist the same
+``history.Desired`` this way, and neither may import the other's shell.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["read", "write"]
+__all__ = ["clean", "read", "write"]
 
 
 def write(path: Path, data: Any) -> None:
@@ -41,3 +44,11 @@ def read(path: Path) -> Any | None:
         return json.loads(path.read_bytes())
     except FileNotFoundError:
         return None
+
+
+def clean(path: Path) -> list[Path]:
+    """Remove the temporary files of writes that never finished (their writer was killed); say which."""
+    left = sorted(path.parent.glob(f".{path.name}.*.tmp"))
+    for temporary in left:
+        temporary.unlink(missing_ok=True)
+    return left
