@@ -14,7 +14,7 @@ run: $(BIN)/.installed
 	$(BIN)/turnout proxy --config config/turnout.yaml
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check proxy tests benchmarks
+	$(BIN)/ruff check proxy controller tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

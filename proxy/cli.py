@@ -1,6 +1,7 @@
 """The ``turnout`` command.
 
     turnout proxy  [--config FILE] [--workers N]            serve (also: python -m proxy)
+    turnout controller [--config FILE]                      the release controller (also: python -m controller)
     turnout check  [--config FILE]                          validate a config file and exit
     turnout status                                          services, versions, rules, splits
     turnout weights set SERVICE v1=90 v2=10 [--rule R]      change a split (--dry-run: who would move)
@@ -39,6 +40,10 @@ DEFAULT_CONFIG = "config/turnout.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
+    given = sys.argv[1:] if argv is None else argv
+    if given[:1] == ["controller"]:
+        # A separate program: the proxy never imports the controller (they share only proxy.core).
+        os.execv(sys.executable, [sys.executable, "-m", "controller", *given[1:]])
     parser = argparse.ArgumentParser(prog="turnout", description="Traffic-splitting reverse proxy.")
     sub = parser.add_subparsers(dest="command", required=True)
     proxy = sub.add_parser("proxy", help="run the proxy")

@@ -46,7 +46,7 @@ from .model import (
     Version,
 )
 
-__all__ = ["Reader", "from_document", "parse", "read_document"]
+__all__ = ["Reader", "from_document", "is_loopback", "parse", "read_document"]
 
 
 def parse(text: str, source: str = "<config>") -> Config:
@@ -226,7 +226,7 @@ class Reader:
         token_env = self.string(body["token_env"], _join(path, "token_env")) if "token_env" in body else None
         token_file = self.file(body.get("token_file", "admin.token"), _join(path, "token_file"))
         explicit = "token_file" in body or "token_env" in body
-        if not explicit and not _loopback(listen.host):
+        if not explicit and not is_loopback(listen.host):
             raise self.fail(_join(path, "listen"), f"{listen} is not a loopback address: set token_file or "
                             "token_env so that the token is chosen, not generated")
         flags_env = self.string(body["flags_token_env"], _join(path, "flags_token_env")) \
@@ -580,7 +580,7 @@ class Reader:
                 seen[key] = service.name
 
 
-def _loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     """Only a name that is loopback by definition, or a loopback address ("127.example.com" is not)."""
     if host == "localhost":
         return True

@@ -5,7 +5,8 @@ its effective routing document and its bucket tables. It ships a ``Snapshot``; a
 exactly that snapshot and answers ``Ack``, or applies nothing and answers ``Refused`` with the reason.
 A receiver never renumbers, never rebalances, and never builds on a snapshot it refused: the next
 ``Snapshot`` is complete in itself, so a receiver that refused one catches up with the next. ``Collect``
-asks a receiver for its counters, answered by ``Report``.
+asks a receiver for its counters, answered by ``Report``. A proxy that follows a controller asks for
+snapshots with ``Poll``, which also says what it serves, what it refused and its counters.
 
 Encoding: one JSON object per line, ``{"v": PROTOCOL, "kind": ..., ...fields}``. ``decode`` refuses a
 line of another protocol version, an unknown kind or missing fields with ``WireError``, never a crash.
@@ -21,7 +22,8 @@ from typing import Any
 
 from . import buckets
 
-__all__ = ["PROTOCOL", "Ack", "Collect", "Message", "Refused", "Report", "Snapshot", "WireError", "decode", "encode"]
+__all__ = ["PROTOCOL", "Ack", "Collect", "Message", "Poll", "Refused", "Report", "Snapshot", "WireError", "decode",
+           "encode"]
 
 PROTOCOL = 1
 
@@ -60,10 +62,21 @@ class Report:
     stats: dict[str, Any]  # the receiver's counters, generation and endpoint health (``Worker.snapshot``)
 
 
-Message = Snapshot | Ack | Refused | Collect | Report
+@dataclass(frozen=True, slots=True)
+class Poll:
+    """A proxy's long poll of its controller: "I serve ``generation``; anything newer?"."""
+
+    proxy: str  # its id
+    generation: int  # the generation it serves
+    refused: int  # the last generation it refused (0: none since it last applied one)
+    reason: str  # why
+    stats: dict[str, Any]  # its cumulative counters (``Worker.snapshot``, summed over its workers)
+
+
+Message = Snapshot | Ack | Refused | Collect | Report | Poll
 
 _KINDS: dict[str, type[Message]] = {"snapshot": Snapshot, "ack": Ack, "refused": Refused, "collect": Collect,
-                                    "report": Report}
+                                    "report": Report, "poll": Poll}
 _NAMES = {kind: name for name, kind in _KINDS.items()}
 
 

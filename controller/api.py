@@ -1,0 +1,262 @@
+"""The controller's admin API (aiohttp): the same routing changes as a proxy's admin API, for the whole
+fleet, plus the watch endpoint proxies follow and the list of proxies.
+
+Every route needs ``Authorization: Bearer <token>`` (constant time), the watch endpoint included;
+requests with an ``Origin`` header are refused. Errors are JSON ``{"error", "field"}``.
+
+    GET  /v1/state                 the fleet's routing state (ETag: the generation), with the proxies
+    the change routes of ``proxy.core.changes`` (weights, rules, versions, flags; ?dry_run=true)
+    POST /v1/rollback | /v1/reset | /v1/reload,  GET /v1/generations, /v1/generations/{a}/diff/{b}
+    POST /v1/explain               how a request would be routed by the current generation
+    GET  /v1/proxies               id, address, generation, lag, live, last seen, refusals
+    GET|POST /v1/watch             a proxy's long poll (below)
+    GET  /metrics                  the controller's own metrics;  GET /ready, /live
+
+The watch: ``POST /v1/watch`` with a ``wire.Poll`` (its id, the generation it serves, what it refused,
+its counters), or ``GET /v1/watch?proxy=ID&generation=G``. The answer is the ``wire.Snapshot`` of the
+current generation as soon as it is newer than G and than the generation the proxy last refused (at
+once if it already is), else ``204`` after
+``wait`` seconds (default 30, at most 60). A change answers once every live proxy serves it (or
+refused it), or after ``CONVERGE_TIMEOUT`` seconds saying which did not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from proxy.core import changes, explain, routing, wire
+from proxy.core.history import Entry
+from proxy.core.overlay import ChangeError
+from proxy.core.views import describe, describe_flags
+from proxy.core.writer import Writer
+
+from .proxies import Proxies
+
+__all__ = ["CONVERGE_TIMEOUT", "Fleet", "make_app"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+CONVERGE_TIMEOUT = 10.0
+WATCH_WAIT, WATCH_WAIT_MAX = 30.0, 60.0
+
+
+class Fleet:
+    """The receiver side of the controller's writer: the current snapshot, a mirror routing state for
+    reads, and a wake-up for every open watch when a new generation is kept."""
+
+    def __init__(self) -> None:
+        self.snapshot: wire.Snapshot | None = None
+        self.state: routing.RoutingState | None = None
+        self.proxies = Proxies()
+        self.changed = asyncio.Event()
+        self.applied = 0  # generations shipped since start (a metric)
+
+    def apply(self, config: Any, snapshot: wire.Snapshot) -> None:
+        self.state = routing.build(config, snapshot.generation, snapshot.tables)
+        self.snapshot = snapshot
+        self.applied += 1
+        self.changed.set()
+        self.changed = asyncio.Event()  # watchers hold the one that fired
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def converge(self, generation: int, timeout: float) -> list[dict[str, Any]]:
+        deadline = self.now() + timeout
+        while self.proxies.waiting_for(generation, self.now()) and self.now() < deadline:
+            await asyncio.sleep(0.02)  # polls land from other tasks; a short sleep keeps this simple
+        return self.proxies.status(generation, self.now())
+
+
+def error(status: int, message: str, **details: Any) -> web.Response:
+    return web.json_response({"error": message, **details}, status=status)
+
+
+def make_app(writer: Writer, fleet: Fleet, token: str) -> web.Application:
+    expected = token.encode()
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if "Origin" in request.headers:
+            return error(403, "requests from web pages (with an Origin header) are refused")
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        presented = given.strip().encode() if scheme.lower() == "bearer" else b""
+        if not hmac.compare_digest(presented, expected):
+            response = error(401, "missing or wrong bearer token")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="turnout-controller"'
+            return response
+        try:
+            return await handler(request)
+        except ChangeError as exc:
+            return error(exc.status, exc.message, field=exc.field)
+        except web.HTTPException as exc:  # aiohttp's own 404/405: answered in JSON like the rest
+            return error(exc.status, exc.reason)
+
+    def state() -> routing.RoutingState:
+        assert fleet.state is not None
+        return fleet.state
+
+    async def body(request: web.Request, schema: str) -> dict[str, Any]:
+        return changes.parse_body(await request.read(), schema)
+
+    def actor(request: web.Request) -> str:
+        return request.headers.get("X-Turnout-Actor", "controller-api")[:100]
+
+    def if_match(request: web.Request) -> int | None:
+        return changes.if_match(request.headers.get("If-Match"))
+
+    async def changed(entry: Entry) -> web.Response:
+        proxies = await fleet.converge(entry.generation, CONVERGE_TIMEOUT)
+        live = [p for p in proxies if p["live"]]
+        return web.json_response({**entry.summary(), "proxies": proxies,
+                                  "converged": all(p["converged"] for p in live)},
+                                 headers={"ETag": f'"{entry.generation}"'})
+
+    def route(schema: str | None, build: Callable[[Mapping[str, str], dict[str, Any]], changes.Change]) -> Handler:
+        async def handle(request: web.Request) -> web.Response:
+            change = build(request.match_info, await body(request, schema) if schema else {})
+            if request.query.get("dry_run", "").lower() in ("1", "true", "yes"):
+                after = writer.preview(change.make)
+                return web.json_response({"dry_run": True, "generation": state().generation, "what": change.what,
+                                          "splits": explain.moves(state(), after)})
+            return await changed(writer.change(actor(request), change.what, change.make, if_match(request)))
+        return handle
+
+    async def rollback(request: web.Request) -> web.Response:
+        generation = (await body(request, "Rollback"))["generation"]
+        return await changed(writer.rollback(actor(request), generation, if_match(request)))
+
+    async def reset(request: web.Request) -> web.Response:
+        services, flags = changes.reset_request(await body(request, "Reset"))
+        return await changed(writer.reset(actor(request), services, flags, if_match(request)))
+
+    async def reload(request: web.Request) -> web.Response:
+        return await changed(writer.reload(actor(request)))
+
+    async def explain_route(request: web.Request) -> web.Response:
+        host, probe = changes.explain_request(await body(request, "Explain"))
+        return web.json_response(explain.explain(state(), host, probe))
+
+    async def generations(request: web.Request) -> web.Response:
+        return web.json_response({"current": writer.generation,
+                                  "generations": [entry.summary() for entry in reversed(writer.history)]})
+
+    async def diff(request: web.Request) -> web.Response:
+        try:
+            before, after = int(request.match_info["a"]), int(request.match_info["b"])
+        except ValueError:
+            raise ChangeError(400, "generations are numbers", "generation") from None
+        return web.json_response({"from": before, "to": after, "changes": writer.diff(before, after)})
+
+    async def state_view(request: web.Request) -> web.Response:
+        view = describe(state(), [], writer.overrides())
+        view.pop("workers")
+        view["proxies"] = fleet.proxies.status(writer.generation, fleet.now())
+        return web.json_response(view, headers={"ETag": f'"{state().generation}"'})
+
+    async def flags(request: web.Request) -> web.Response:
+        return web.json_response({"generation": state().generation, "flags": describe_flags(state())})
+
+    async def proxies(request: web.Request) -> web.Response:
+        return web.json_response({"generation": writer.generation,
+                                  "proxies": fleet.proxies.status(writer.generation, fleet.now())})
+
+    async def watch(request: web.Request) -> web.StreamResponse:
+        poll = await _poll_of(request)
+        try:
+            wait = min(float(request.query.get("wait", WATCH_WAIT)), WATCH_WAIT_MAX)
+        except ValueError:
+            raise ChangeError(400, "wait is a number of seconds", "wait") from None
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        seen = fleet.proxies.poll_started(poll, f"{peer[0]}:{peer[1]}" if peer else "", fleet.now())
+        try:
+            current = fleet.snapshot
+            known = max(poll.generation, poll.refused)  # a refused generation is not sent again: the next one is
+            if current is None or current.generation <= known:
+                woken = fleet.changed
+                try:
+                    await asyncio.wait_for(woken.wait(), max(0.0, wait))
+                except TimeoutError:
+                    return web.Response(status=204)
+                current = fleet.snapshot
+            assert current is not None
+            return web.Response(body=wire.encode(current), content_type="application/json")
+        finally:
+            fleet.proxies.poll_ended(seen, fleet.now())
+
+    async def metrics(request: web.Request) -> web.Response:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Metrics(writer, fleet))
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    async def ready(request: web.Request) -> web.Response:
+        return web.json_response({"ready": True})
+
+    app = web.Application(middlewares=[guard])
+    for method, path, schema, build in changes.CHANGES:
+        app.router.add_route(method, path, route(schema, build))
+    app.router.add_post("/v1/rollback", rollback)
+    app.router.add_post("/v1/reset", reset)
+    app.router.add_post("/v1/reload", reload)
+    app.router.add_post("/v1/explain", explain_route)
+    app.router.add_get("/v1/generations", generations)
+    app.router.add_get("/v1/generations/{a}/diff/{b}", diff)
+    app.router.add_get("/v1/state", state_view)
+    app.router.add_get("/v1/flags", flags)
+    app.router.add_get("/v1/proxies", proxies)
+    app.router.add_get("/v1/watch", watch)
+    app.router.add_post("/v1/watch", watch)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/live", ready)
+    return app
+
+
+async def _poll_of(request: web.Request) -> wire.Poll:
+    """The poll a watch request carries: a ``wire.Poll`` body (POST), or ``proxy`` and ``generation``."""
+    if request.method == "POST":
+        try:
+            message = wire.decode(await request.read())
+        except wire.WireError as exc:
+            raise ChangeError(400, f"the body must be a poll message: {exc}", "body") from None
+        if not isinstance(message, wire.Poll):
+            raise ChangeError(400, "the body must be a poll message", "body")
+        if not message.proxy or len(message.proxy) > 200:
+            raise ChangeError(422, "a poll names its proxy (1 to 200 characters)", "proxy")
+        return message
+    proxy, generation = request.query.get("proxy", ""), request.query.get("generation", "0")
+    if not proxy or len(proxy) > 200:
+        raise ChangeError(422, "name the proxy: ?proxy=ID (1 to 200 characters)", "proxy")
+    if not generation.isdigit() or len(generation) > 18:
+        raise ChangeError(400, "generation is a whole number", "generation")
+    return wire.Poll(proxy, int(generation), 0, "", {})
+
+
+class _Metrics:
+    """The controller's own numbers, read at scrape time."""
+
+    def __init__(self, writer: Writer, fleet: Fleet) -> None:
+        self.writer, self.fleet = writer, fleet
+
+    def collect(self) -> list[Metric]:
+        now = self.fleet.now()
+        generation = GaugeMetricFamily("turnout_controller_generation", "The generation the controller serves.")
+        generation.add_metric([], self.writer.generation)
+        live = GaugeMetricFamily("turnout_controller_proxies", "Proxies following the controller, by liveness.",
+                                 labels=["live"])
+        statuses = self.fleet.proxies.status(self.writer.generation, now)
+        live.add_metric(["true"], sum(1 for s in statuses if s["live"]))
+        live.add_metric(["false"], sum(1 for s in statuses if not s["live"]))
+        lag = GaugeMetricFamily("turnout_controller_proxy_lag", "Generations a proxy is behind.", labels=["proxy"])
+        for status in statuses:
+            lag.add_metric([status["proxy"]], status["lag"])
+        applied = CounterMetricFamily("turnout_controller_changes", "Generations made since the controller started.")
+        applied.add_metric([], self.fleet.applied)
+        return [generation, live, lag, applied]

@@ -1,0 +1,82 @@
+"""The controller's config: its own section and the fleet's routing document, in the proxy's schema.
+
+    controller:
+      listen: 127.0.0.1:9911            # the default
+      token_file: controller.token      # default, generated 0600 beside the config; or token_env: NAME
+      state_file: controller.state.json # default, beside the config
+    services: {...}                     # exactly the proxy's schema
+    flags: {...}
+
+The routing document is validated by the same core reader as a proxy's file, so errors name the file
+and the field the same way. A non-loopback ``listen`` needs an explicit token, as the proxy's admin API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from proxy.core.model import Config, ConfigError, Endpoint
+from proxy.core.reader import Reader, from_document, is_loopback, read_document
+
+__all__ = ["ControllerConfig", "Settings", "load", "routing_document"]
+
+ROUTING = ("services", "flags")  # the parts of the document the controller ships to proxies
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    listen: Endpoint
+    token_file: str
+    token_env: str | None
+    state_file: str
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerConfig:
+    source: str
+    settings: Settings
+    document: Any  # the routing document: {"services": ..., "flags": ...}
+
+
+def routing_document(raw: Any) -> Any:
+    """The routing part of a document (what the controller ships)."""
+    return {key: raw[key] for key in ROUTING if key in raw} if isinstance(raw, dict) else raw
+
+
+def validate(document: Any, source: str) -> Config:
+    """A routing document as a config, checked by the core reader (errors name ``source`` and the field)."""
+    return from_document(document, source)
+
+
+def parse(text: str, source: str) -> ControllerConfig:
+    raw = read_document(text, source)
+    reader = Reader(source)
+    reader.unicode(raw, "")
+    top = reader.mapping(raw, "", {"controller", *ROUTING})
+    section = reader.mapping(top.get("controller"), "controller", {"listen", "token_file", "token_env", "state_file"})
+    listen = reader.endpoint(section.get("listen", "127.0.0.1:9911"), "controller.listen")
+    if "token_file" in section and "token_env" in section:
+        raise reader.fail("controller", "give either token_file or token_env")
+    if "token_file" not in section and "token_env" not in section and not is_loopback(listen.host):
+        raise reader.fail("controller.listen", f"{listen} is not a loopback address: set token_file or token_env "
+                          "so that the token is chosen, not generated")
+    settings = Settings(
+        listen,
+        reader.file(section.get("token_file", "controller.token"), "controller.token_file"),
+        reader.string(section["token_env"], "controller.token_env") if "token_env" in section else None,
+        reader.file(section.get("state_file", "controller.state.json"), "controller.state_file"),
+    )
+    document = routing_document(dict(top))
+    validate(document, source)
+    return ControllerConfig(source, settings, document)
+
+
+def load(path: str | Path) -> ControllerConfig:
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, "", f"cannot read file: {exc.strerror}") from None
+    return parse(text, source)

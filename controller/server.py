@@ -1,0 +1,128 @@
+"""The controller process: load the config, take the state file's lock, boot the writer (persisted
+before it serves), serve the API, reload the config file on SIGHUP, stop on SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import uvloop
+from aiohttp import web
+
+from proxy.core.model import Config, ConfigError
+from proxy.core.overlay import ChangeError
+from proxy.core.writer import Writer
+
+from . import config as config_module
+from .api import Fleet, make_app
+from .store import Locked, Store
+
+__all__ = ["serve"]
+
+log = logging.getLogger("turnout")
+
+
+def load_token(settings: config_module.Settings, source: str) -> str:
+    """The bearer token: from the named environment variable, else from the token file, created (mode
+    0600) with a random token if it does not exist yet."""
+    if settings.token_env is not None:
+        token = os.environ.get(settings.token_env, "")
+        if not token:
+            raise ConfigError(source, "controller.token_env", f"environment variable {settings.token_env} is not set")
+        return token
+    path = Path(settings.token_file)
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        token = secrets.token_urlsafe(32)
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+            handle.write(token + "\n")
+        return token
+    except OSError as exc:
+        raise ConfigError(source, "controller.token_file", f"cannot read {path}: {exc.strerror}") from None
+    if not token:
+        raise ConfigError(source, "controller.token_file", f"{path} is empty")
+    return token
+
+
+def serve(config_path: str) -> int:
+    """Run the controller until SIGTERM. Returns the process exit code."""
+    try:
+        loaded = config_module.load(config_path)
+        token = load_token(loaded.settings, loaded.source)
+    except ConfigError as exc:
+        print(f"turnout controller: {exc}", file=sys.stderr)
+        return 2
+    store = Store(loaded.settings.state_file)
+    try:
+        store.lock()
+    except Locked as exc:
+        print(f"turnout controller: {exc}", file=sys.stderr)
+        return 1
+
+    def read_source() -> Any:
+        return config_module.load(config_path).document
+
+    def validate(document: Any) -> Config:
+        return config_module.validate(document, loaded.source)
+
+    writer = Writer(Path(config_path).name, read_source, validate, store.write, time.time)
+    try:
+        return uvloop.run(_run(writer, store, loaded, token))
+    finally:
+        store.unlock()
+
+
+async def _run(writer: Writer, store: Store, loaded: config_module.ControllerConfig, token: str) -> int:
+    fleet = Fleet()
+    try:
+        config, snapshot = writer.boot(store.read(), "controller")
+    except (ConfigError, ChangeError) as exc:
+        print(f"turnout controller: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
+        print(f"turnout controller: {store.path}: cannot read it ({exc}); fix or remove it", file=sys.stderr)
+        return 2
+    fleet.apply(config, snapshot)
+    writer.apply = fleet.apply
+    runner = web.AppRunner(make_app(writer, fleet, token), access_log=None)
+    await runner.setup()
+    listen = loaded.settings.listen
+    try:
+        sock = socket.create_server((listen.host, listen.port))
+    except OSError as exc:
+        print(f"turnout controller: cannot listen on {listen}: {exc.strerror}", file=sys.stderr)
+        await runner.cleanup()
+        return 1
+    await web.SockSite(runner, sock).start()
+    host, port = sock.getsockname()[:2]
+    where = f"${loaded.settings.token_env}" if loaded.settings.token_env else loaded.settings.token_file
+    log.info("controller API on http://%s:%d (bearer token in %s), generation %d", host, port, where,
+             writer.generation)
+
+    def reload() -> None:
+        try:
+            entry = writer.reload("signal")
+        except ChangeError as exc:
+            log.error("reload refused, still serving generation %d: %s", writer.generation,
+                      ": ".join(part for part in (loaded.source, exc.field, exc.message) if part))
+            return
+        log.info("reloaded %s: generation %d", loaded.source, entry.generation)
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    await stop.wait()
+    log.info("controller stopping")
+    await runner.cleanup()
+    return 0
