@@ -65,6 +65,10 @@ class Fleet:
         self.changed.set()
         self.changed = asyncio.Event()  # watchers hold the one that fired
 
+    def close(self) -> None:
+        """Stopping: every open watch answers now (its proxy polls the next controller)."""
+        self.changed.set()
+
     def now(self) -> float:
         return asyncio.get_running_loop().time()
 
@@ -186,6 +190,8 @@ def make_app(writer: Writer, fleet: Fleet, token: str) -> web.Application:
                 except TimeoutError:
                     return web.Response(status=204)
                 current = fleet.snapshot
+                if current is None or current.generation <= known:  # woken by the controller stopping
+                    return web.Response(status=204, headers={"Connection": "close"})
             assert current is not None
             return web.Response(body=wire.encode(current), content_type="application/json")
         finally:

@@ -14,7 +14,7 @@ from proxy.core.wire import Poll
 
 __all__ = ["LIVE_FOR", "Proxies", "Seen"]
 
-LIVE_FOR = 10.0  # seconds after its last poll ended that a proxy still counts as live
+LIVE_FOR = 5.0  # seconds after its last poll ended that a proxy still counts as live
 
 
 @dataclass(slots=True)

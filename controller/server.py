@@ -93,7 +93,9 @@ async def _run(writer: Writer, store: Store, loaded: config_module.ControllerCon
         return 2
     fleet.apply(config, snapshot)
     writer.apply = fleet.apply
-    runner = web.AppRunner(make_app(writer, fleet, token), access_log=None)
+    # handler_cancellation: a watch whose proxy went away (killed, partitioned) ends at once, so that
+    # proxy stops counting as live LIVE_FOR seconds later rather than when its poll would have ended.
+    runner = web.AppRunner(make_app(writer, fleet, token), access_log=None, handler_cancellation=True)
     await runner.setup()
     listen = loaded.settings.listen
     try:
@@ -124,5 +126,6 @@ async def _run(writer: Writer, store: Store, loaded: config_module.ControllerCon
     loop.add_signal_handler(signal.SIGINT, stop.set)
     await stop.wait()
     log.info("controller stopping")
+    fleet.close()
     await runner.cleanup()
     return 0

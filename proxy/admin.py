@@ -113,7 +113,9 @@ def error(status: int, message: str, **details: Any) -> web.Response:
 
 
 def make_app(backend: AdminBackend, token: str, control: Control | None = None,
-             flags_token: str | None = None) -> web.Application:
+             flags_token: str | None = None, managed_by: str | None = None) -> web.Application:
+    """``control``: the writer of a standalone proxy; ``managed_by``: the controller's URL of a managed
+    one, whose routing changes answer 409 naming it (reads, explain, metrics and OFREP stay)."""
     expected = token.encode()
     readers = [expected] + ([flags_token.encode()] if flags_token else [])
 
@@ -159,6 +161,8 @@ def make_app(backend: AdminBackend, token: str, control: Control | None = None,
     app = web.Application(middlewares=[guard])
     if control is not None:
         _add_changes(app, control, backend)
+    elif managed_by is not None:
+        _refuse_changes(app, managed_by, backend)
     _add_ofrep(app, backend)
     async def document(request: web.Request) -> web.Response:
         return web.json_response(openapi.DOCUMENT)
@@ -256,6 +260,34 @@ def _add_changes(app: web.Application, control: Control, backend: AdminBackend) 
     app.router.add_post("/v1/explain", explain_route)
     app.router.add_get("/v1/flags", flags)
     app.router.add_get("/v1/generations/{a}/diff/{b}", diff)
+
+
+def _refuse_changes(app: web.Application, controller: str, backend: AdminBackend) -> None:
+    """A managed proxy: its routing is the controller's to change."""
+
+    async def refuse(request: web.Request) -> web.Response:
+        return error(409, f"this proxy's routing is managed by the controller at {controller}: change it there",
+                     field="controller", controller=controller)
+
+    async def explain_route(request: web.Request) -> web.Response:
+        try:
+            host, probe = changes.explain_request(changes.parse_body(await request.read(), "Explain"))
+        except ChangeError as exc:
+            return error(exc.status, exc.message, field=exc.field)
+        return web.json_response(explain.explain(backend.routing_state(), host, probe))
+
+    async def flags(request: web.Request) -> web.Response:
+        return web.json_response({"generation": backend.routing_state().generation,
+                                  "flags": describe_flags(backend.routing_state())})
+
+    for method, path, _, _ in changes.CHANGES:
+        app.router.add_route(method, path, refuse)
+    for path in ("/v1/rollback", "/v1/reload", "/v1/reset"):
+        app.router.add_post(path, refuse)
+    for path in ("/v1/generations", "/v1/generations/{a}/diff/{b}"):
+        app.router.add_get(path, refuse)
+    app.router.add_post("/v1/explain", explain_route)
+    app.router.add_get("/v1/flags", flags)
 
 
 # ----------------------------------------------------------------------------------------------- OFREP

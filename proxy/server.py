@@ -19,6 +19,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 import uvloop
 from aiohttp import web
@@ -28,7 +31,9 @@ from .control import Control
 from .core import wire
 from .core.model import Config, ConfigError
 from .core.overlay import ChangeError
+from .core.reader import from_document, read_document
 from .fleet import Fleet
+from .follower import Follower, controller_token
 from .worker import Worker, listen_socket
 
 __all__ = ["serve"]
@@ -38,9 +43,9 @@ log = logging.getLogger("turnout")
 
 def serve(config_path: str, workers: int = 1) -> int:
     """Run Turnout until SIGTERM. Returns the process exit code."""
-    control = Control(config_path)
     try:
-        config, snapshot = control.boot()  # the file with the saved admin changes on top, persisted
+        origin = _origin(Path(config_path))
+        config, snapshot = origin.boot()
         token = admin.load_token(config.admin, config.source) if config.admin is not None else None
         if config.admin is not None:  # checked now: a missing read-only token must stop the start
             admin.load_flags_token(config.admin, config.source)
@@ -51,10 +56,10 @@ def serve(config_path: str, workers: int = 1) -> int:
         print(f"turnout: {exc.message}", file=sys.stderr)
         return 2
     except ValueError as exc:  # the state file is not JSON: refuse rather than drop admin changes
-        print(f"turnout: {control.state_path}: unreadable ({exc}); fix or remove it", file=sys.stderr)
+        print(f"turnout: {_state_path(config_path)}: unreadable ({exc}); fix or remove it", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"turnout: {control.state_path}: cannot read it: {exc.strerror}", file=sys.stderr)
+        print(f"turnout: {_state_path(config_path)}: cannot read it: {exc.strerror}", file=sys.stderr)
         return 2
     demo = start_demo(config)
     try:
@@ -67,11 +72,11 @@ def serve(config_path: str, workers: int = 1) -> int:
                 return 1
             host, port = sockets[listener.name].getsockname()[:2]
             log.info("listening on %s://%s:%d (listener %s)", listener.scheme, host, port, listener.name)
-        log.info("serving with %d worker(s), generation %d", workers, control.generation)
+        log.info("serving with %d worker(s), generation %d", workers, snapshot.generation)
         if workers <= 1:
-            uvloop.run(_serve_one(config, snapshot, control, sockets, token))
+            uvloop.run(_serve_one(config, snapshot, origin, sockets, token))
         else:
-            uvloop.run(_supervise(config, snapshot, control, sockets, workers, token))
+            uvloop.run(_supervise(config, snapshot, origin, sockets, workers, token))
         return 0
     finally:
         if demo is not None:
@@ -79,18 +84,59 @@ def serve(config_path: str, workers: int = 1) -> int:
             demo.wait(5)
 
 
-async def _serve_one(config: Config, snapshot: wire.Snapshot, control: Control, sockets: dict[str, socket.socket],
-                     token: str | None) -> None:
-    """One worker in this process: the receiver of ``control``, the admin API and signals act on it."""
+def _state_path(config_path: str) -> Path:
+    return Path(config_path).with_name(Path(config_path).name + ".state.json")
+
+
+def _origin(path: Path) -> Control | Follower:
+    """Where routing comes from: this proxy's own writer (its file and admin changes), or, when the file
+    names a controller, the follower of that controller."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read file: {exc.strerror}") from None
+    local = read_document(text, str(path))
+    managed = from_document(local, str(path)).controller
+    if managed is None:
+        return Control(path)
+    if isinstance(local, dict) and (local.get("services") or local.get("flags")):
+        raise ConfigError(str(path), "services", "a managed proxy takes its services and flags from its controller: "
+                          "remove them from this file")
+    return Follower(path, local, managed, controller_token(managed, str(path)))
+
+
+Receivers = Callable[[Config, wire.Snapshot], Awaitable[tuple[int, str | None]]]
+
+
+def _connect(origin: Control | Follower, receive: Receivers, apply: Callable[[Config, wire.Snapshot], None],
+             collect: Callable[[], Awaitable[list[dict[str, Any]]]]) -> asyncio.Task[None] | None:
+    """Hand the receivers to the origin: the writer ships to ``apply``; the follower applies through
+    ``receive`` (waiting for the answer it reports back) and reports ``collect``'s counters."""
+    if isinstance(origin, Control):
+        origin.apply = apply
+        return None
+    origin.receive, origin.collect = receive, collect
+    return asyncio.get_running_loop().create_task(origin.run())
+
+
+async def _serve_one(config: Config, snapshot: wire.Snapshot, origin: Control | Follower,
+                     sockets: dict[str, socket.socket], token: str | None) -> None:
+    """One worker in this process: the receiver of the origin; the admin API and signals act on it."""
     worker = Worker(config, snapshot.generation, snapshot.tables)
 
     def apply(_config: Config, next_snapshot: wire.Snapshot) -> None:
         worker.receive(next_snapshot)  # a refusal is kept by the worker and shown by converge
 
-    control.apply = apply
+    async def receive(_config: Config, next_snapshot: wire.Snapshot) -> tuple[int, str | None]:
+        answer = worker.receive(next_snapshot)
+        return worker.state.generation, answer.reason if isinstance(answer, wire.Refused) else None
+
+    following = _connect(origin, receive, apply, worker.collect)
     await worker.start(sockets)
-    admin_runner = await _start_admin(worker, worker.config, token, control) if token is not None else None
-    await _until_stopped(control, "")
+    admin_runner = await _start_admin(worker, worker.config, token, origin) if token is not None else None
+    await _until_stopped(origin, "")
+    if following is not None:
+        following.cancel()
     log.info("shutting down: draining connections")
     await worker.shutdown()
     if admin_runner is not None:
@@ -98,17 +144,21 @@ async def _serve_one(config: Config, snapshot: wire.Snapshot, control: Control, 
     log.info("stopped")
 
 
-async def _until_stopped(control: Control, receivers: str) -> None:
+async def _until_stopped(origin: Control | Follower, receivers: str) -> None:
     """Reload on SIGHUP (a bad file is refused with one line and the old generation serves on) until
     SIGTERM or SIGINT."""
     def reload_file() -> None:
-        try:
-            entry = control.reload_file()
-        except ChangeError as exc:
-            log.error("reload refused, still serving generation %d: %s", control.generation,
-                      ": ".join(part for part in (control.source, exc.field, exc.message) if part))
+        if isinstance(origin, Follower):
+            log.warning("SIGHUP: this proxy's routing comes from %s; changes to its own file take effect at "
+                        "the next start", origin.managed.url)
             return
-        log.info("reloaded %s: generation %d%s", control.config_path, entry.generation, receivers)
+        try:
+            entry = origin.reload_file()
+        except ChangeError as exc:
+            log.error("reload refused, still serving generation %d: %s", origin.generation,
+                      ": ".join(part for part in (origin.source, exc.field, exc.message) if part))
+            return
+        log.info("reloaded %s: generation %d%s", origin.config_path, entry.generation, receivers)
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -118,10 +168,13 @@ async def _until_stopped(control: Control, receivers: str) -> None:
     await stop.wait()
 
 
-async def _start_admin(backend: admin.AdminBackend, config: Config, token: str, control: Control) -> web.AppRunner:
+async def _start_admin(backend: admin.AdminBackend, config: Config, token: str,
+                       origin: Control | Follower) -> web.AppRunner:
     assert config.admin is not None
     flags_token = admin.load_flags_token(config.admin, config.source)
-    runner = web.AppRunner(admin.make_app(backend, token, control, flags_token), access_log=None)
+    control = origin if isinstance(origin, Control) else None
+    managed_by = origin.managed.url if isinstance(origin, Follower) else None
+    runner = web.AppRunner(admin.make_app(backend, token, control, flags_token, managed_by), access_log=None)
     await runner.setup()
     listen = config.admin.listen
     sock = socket.create_server((listen.host, listen.port))
@@ -135,16 +188,26 @@ async def _start_admin(backend: admin.AdminBackend, config: Config, token: str, 
 # ----------------------------------------------------------------------------------------------- supervisor
 
 
-async def _supervise(config: Config, snapshot: wire.Snapshot, control: Control, sockets: dict[str, socket.socket],
-                     count: int, token: str | None) -> None:
-    """Start ``count`` worker processes on the shared sockets and stay out of the data path: reload on
-    SIGHUP, serve the admin API for the whole fleet, and drain every worker on SIGTERM."""
+async def _supervise(config: Config, snapshot: wire.Snapshot, origin: Control | Follower,
+                     sockets: dict[str, socket.socket], count: int, token: str | None) -> None:
+    """Start ``count`` worker processes on the shared sockets and stay out of the data path: a receiver
+    that fans out to its workers; reload on SIGHUP, serve the admin API for the whole fleet, and drain
+    every worker on SIGTERM."""
     fleet = Fleet(sockets, count)
     fleet.apply(config, snapshot)
-    control.apply = fleet.apply
+
+    async def receive(next_config: Config, next_snapshot: wire.Snapshot) -> tuple[int, str | None]:
+        fleet.apply(next_config, next_snapshot)
+        workers = await fleet.converge(next_snapshot.generation, 10.0)
+        refused = next((w["refused"] for w in workers if "refused" in w), None)
+        return min((w["generation"] for w in workers), default=next_snapshot.generation), refused
+
+    following = _connect(origin, receive, fleet.apply, fleet.collect)
     await fleet.start()
-    admin_runner = await _start_admin(fleet, config, token, control) if token is not None else None
-    await _until_stopped(control, f" sent to {count} workers")
+    admin_runner = await _start_admin(fleet, config, token, origin) if token is not None else None
+    await _until_stopped(origin, f" sent to {count} workers")
+    if following is not None:
+        following.cancel()
     log.info("shutting down: draining %d workers", len(fleet.members))
     await fleet.stop()
     for sock in sockets.values():

@@ -27,6 +27,7 @@ __all__ = [
     "HealthCheck",
     "Limits",
     "Listener",
+    "Managed",
     "Match",
     "Outlier",
     "Retries",
@@ -232,6 +233,16 @@ class Admin:
 
 
 @dataclass(frozen=True, slots=True)
+class Managed:
+    """A proxy that takes its services and flags from a controller (its file has neither)."""
+
+    url: str  # the controller's base URL, http://host:port
+    token_file: str | None  # absolute; the controller's token
+    token_env: str | None
+    id: str  # how the controller lists this proxy
+
+
+@dataclass(frozen=True, slots=True)
 class AccessLog:
     path: str  # absolute, or "-" for standard error
     buffer_bytes: int = 65_536
@@ -254,3 +265,4 @@ class Config:
     admin: Admin | None = None
     access_log: AccessLog | None = None
     flags: tuple[Flag, ...] = ()
+    controller: Managed | None = None

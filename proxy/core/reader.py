@@ -11,6 +11,7 @@ Pure: text and documents in, records out. Certificate files are only named here;
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +34,7 @@ from .model import (
     InjectFlags,
     Limits,
     Listener,
+    Managed,
     Match,
     Outlier,
     Retries,
@@ -186,11 +188,12 @@ class Reader:
 
     def config(self, raw: Any) -> Config:
         top = self.mapping(raw, "", {"listen", "listeners", "limits", "services", "demo", "admin", "access_log",
-                                     "flags"})
+                                     "flags", "controller"})
         listeners = self.listeners(top)
         limits = self.limits(top.get("limits"), "limits")
+        controller = self.managed(top["controller"], "controller", listeners) if "controller" in top else None
         services_raw = self.mapping(top.get("services"), "services")
-        if not services_raw:
+        if not services_raw and controller is None:
             raise self.fail("services", "at least one service is required")
         services = tuple(
             self.service(name, value, _join("services", name)) for name, value in services_raw.items()
@@ -207,7 +210,24 @@ class Reader:
                     if key not in known:
                         raise self.fail(f"services.{service.name}.inject_flags.flags[{i}]",
                                         f"unknown flag {key!r} (flags: {', '.join(sorted(known)) or 'none'})")
-        return Config(self.source, listeners, limits, services, demo, admin, access_log, flags)
+        return Config(self.source, listeners, limits, services, demo, admin, access_log, flags, controller)
+
+    def managed(self, raw: Any, path: str, listeners: tuple[Listener, ...]) -> Managed:
+        body = self.mapping(raw, path, {"url", "token_file", "token_env", "id"})
+        url = self.string(body.get("url"), _join(path, "url")).rstrip("/")
+        if not re.match(r"^https?://[^/?#]+$", url):
+            raise self.fail(_join(path, "url"), f"must be http://host:port, got {url!r}")
+        if "token_file" in body and "token_env" in body:
+            raise self.fail(path, "give either token_file or token_env")
+        if "token_file" not in body and "token_env" not in body:
+            raise self.fail(path, "name the controller's token: token_file or token_env")
+        default_id = f"{os.uname().nodename}:{listeners[0].address.port}"
+        return Managed(
+            url,
+            self.file(body["token_file"], _join(path, "token_file")) if "token_file" in body else None,
+            self.string(body["token_env"], _join(path, "token_env")) if "token_env" in body else None,
+            self.name(body.get("id", default_id), _join(path, "id"), "proxy id") if "id" in body else default_id,
+        )
 
     def access_log(self, raw: Any, path: str) -> AccessLog:
         body = self.mapping(raw, path, {"path", "buffer_bytes", "flush_interval"})

@@ -1,0 +1,183 @@
+"""A managed proxy's side of the controller: follow it, apply exactly what it ships, keep it on disk.
+
+A managed proxy's file has listeners, limits, TLS and its admin listener, and a ``controller`` section
+instead of services and flags. The follower long-polls the controller (``POST /v1/watch`` with a
+``wire.Poll``: this proxy's id, the generation it serves, the last one it refused and why, its
+counters), merges each ``wire.Snapshot``'s routing document into the local document, and hands the
+result to the receivers (this process's worker, or a supervisor's workers) with the controller's
+generation and tables as they are. What it served last is cached in ``<config>.snapshot.json``
+(atomically), so a restart while the controller is down serves it again (static stability); while the
+controller is unreachable it keeps serving and retries with a capped, jittered backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from .core import statefile, wire
+from .core.model import Config, ConfigError, Managed
+from .core.reader import from_document
+
+__all__ = ["Follower", "controller_token", "merged"]
+
+log = logging.getLogger("turnout")
+
+WAIT = 30.0  # seconds the controller may hold a poll open
+BACKOFF_FIRST, BACKOFF_MAX = 0.5, 5.0
+
+# (config, snapshot) -> (the generation the receivers now serve, the reason they refused, if they did)
+Receive = Callable[[Config, wire.Snapshot], Awaitable[tuple[int, str | None]]]
+
+
+def controller_token(managed: Managed, source: str) -> str:
+    if managed.token_env is not None:
+        token = os.environ.get(managed.token_env, "")
+        if not token:
+            raise ConfigError(source, "controller.token_env", f"environment variable {managed.token_env} is not set")
+        return token
+    assert managed.token_file is not None
+    try:
+        token = Path(managed.token_file).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(source, "controller.token_file",
+                          f"cannot read {managed.token_file}: {exc.strerror}") from None
+    if not token:
+        raise ConfigError(source, "controller.token_file", f"{managed.token_file} is empty")
+    return token
+
+
+def merged(local: Any, routing: Any) -> Any:
+    """The local document with the controller's services and flags in it."""
+    return {**{k: v for k, v in local.items() if k not in ("services", "flags")}, **routing}
+
+
+class Follower:
+    def __init__(self, config_path: Path, local: Any, managed: Managed, token: str) -> None:
+        self.source = str(config_path)
+        self.cache_path = config_path.with_name(config_path.name + ".snapshot.json")
+        self.local = local
+        self.managed = managed
+        self.token = token
+        self.generation = 0  # what the receivers serve
+        self.refused = 0
+        self.reason = ""
+        self.receive: Receive | None = None
+        self.collect: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None
+        self.reachable: bool | None = None  # for logging changes only
+
+    # -- boot: the cached snapshot, if any
+
+    def boot(self) -> tuple[Config, wire.Snapshot]:
+        """What to serve before the controller answers: the cached snapshot, else no services at all."""
+        cached = self._cached()
+        if cached is not None:
+            try:
+                config = from_document(merged(self.local, cached.document), self.source)
+            except ConfigError as exc:
+                log.error("the cached snapshot does not fit this file any more (%s); waiting for the controller", exc)
+            else:
+                self.generation = cached.generation
+                log.info("serving the cached generation %d until %s answers", cached.generation, self.managed.url)
+                return config, self._local(cached)
+        empty = wire.Snapshot(0, self.source, {}, {})
+        return from_document(merged(self.local, {}), self.source), self._local(empty)
+
+    def _cached(self) -> wire.Snapshot | None:
+        try:
+            data = statefile.read(self.cache_path)
+        except (OSError, ValueError) as exc:
+            log.error("cannot read %s (%s); waiting for the controller", self.cache_path, exc)
+            return None
+        if data is None:
+            return None
+        try:
+            message = wire.decode(json.dumps(data))
+        except wire.WireError as exc:
+            log.error("%s is not a snapshot (%s); waiting for the controller", self.cache_path, exc)
+            return None
+        return message if isinstance(message, wire.Snapshot) else None
+
+    def _local(self, snapshot: wire.Snapshot) -> wire.Snapshot:
+        """The controller's snapshot as the receivers take it: merged into the local document."""
+        return wire.Snapshot(snapshot.generation, self.source, merged(self.local, snapshot.document), snapshot.tables)
+
+    # -- following
+
+    async def run(self) -> None:
+        backoff = BACKOFF_FIRST
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+        timeout = aiohttp.ClientTimeout(total=WAIT + 15, sock_connect=5)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                try:
+                    snapshot = await self._poll(session, headers)
+                except (aiohttp.ClientError, TimeoutError, OSError, wire.WireError, _Refused) as exc:
+                    self._reachable(False, str(exc) or type(exc).__name__)
+                    await asyncio.sleep(backoff * (0.5 + random.random()))  # jitter: a fleet does not poll in step
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    continue
+                self._reachable(True, "")
+                backoff = BACKOFF_FIRST
+                if snapshot is not None:
+                    await self._apply(snapshot)
+
+    async def _poll(self, session: aiohttp.ClientSession, headers: dict[str, str]) -> wire.Snapshot | None:
+        stats = {"workers": await self.collect()} if self.collect is not None else {}
+        poll = wire.Poll(self.managed.id, self.generation, self.refused, self.reason, stats)
+        async with session.post(f"{self.managed.url}/v1/watch?wait={WAIT:g}", data=wire.encode(poll),
+                                headers=headers) as response:
+            if response.status == 204:
+                return None
+            body = await response.read()
+            if response.status != 200:
+                raise _Refused(f"{response.status}: {body[:200].decode(errors='replace')}")
+        message = wire.decode(body)
+        if not isinstance(message, wire.Snapshot):
+            raise wire.WireError(f"a {type(message).__name__} where a snapshot was due")
+        return message
+
+    async def _apply(self, snapshot: wire.Snapshot) -> None:
+        """Apply exactly the controller's snapshot, or refuse it and say so with the next poll."""
+        assert self.receive is not None
+        try:
+            config = from_document(merged(self.local, snapshot.document), self.source)
+        except ConfigError as exc:
+            self._refuse(snapshot.generation, str(exc))
+            return
+        served, reason = await self.receive(config, self._local(snapshot))
+        if reason is not None:
+            self._refuse(snapshot.generation, reason)
+            return
+        self.generation, self.refused, self.reason = served, 0, ""
+        try:
+            statefile.write(self.cache_path, json.loads(wire.encode(snapshot)))
+        except OSError as exc:
+            log.error("cannot cache generation %d in %s: %s", served, self.cache_path, exc.strerror)
+        log.info("applied generation %d from %s", served, self.managed.url)
+
+    def _refuse(self, generation: int, reason: str) -> None:
+        self.refused, self.reason = generation, reason
+        log.error("refused generation %d from the controller, still serving %d: %s", generation, self.generation,
+                  reason)
+
+    def _reachable(self, now: bool, why: str) -> None:
+        if now != self.reachable:
+            if now:
+                log.info("following the controller at %s", self.managed.url)
+            else:
+                log.warning("controller %s unreachable (%s): serving generation %d, retrying", self.managed.url,
+                            why, self.generation)
+            self.reachable = now
+
+
+class _Refused(Exception):
+    """The controller answered the poll with an error."""

@@ -1,0 +1,177 @@
+"""Managed proxies following a controller, as separate processes on real sockets: every change is
+served by every live proxy before it answers, sticky users land identically on every proxy, a dead
+proxy stops holding changes up, and proxies keep serving (and start) from their cache while the
+controller is down, then converge when it is back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from proxy.core import wire
+
+from ..conftest import ProxyProcess
+from .test_controller import Controller, controller_config
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def managed_config(url: str, token_file: Path, name: str) -> str:
+    return yaml.safe_dump({"listen": "127.0.0.1:0", "admin": {"listen": "127.0.0.1:0"},
+                           "controller": {"url": url, "token_file": str(token_file), "id": name}})
+
+
+class Setup:
+    def __init__(self, tmp_path: Path, v1: str, v2: str) -> None:
+        self.tmp_path = tmp_path
+        self.port = free_port()
+        document = controller_config({"v1": 90, "v2": 10})
+        document["controller"] = {"listen": f"127.0.0.1:{self.port}"}
+        document["services"]["shop"]["versions"] = {"v1": [v1], "v2": [v2]}
+        (tmp_path / "controller.yaml").write_text(yaml.safe_dump(document))
+        self.controller = Controller(tmp_path / "controller.yaml")
+        self.proxies: dict[str, ProxyProcess] = {}
+
+    def start_proxy(self, name: str) -> ProxyProcess:
+        folder = self.tmp_path / name
+        folder.mkdir(exist_ok=True)
+        path = folder / "turnout.yaml"
+        path.write_text(managed_config(f"http://127.0.0.1:{self.port}", self.tmp_path / "controller.token", name))
+        self.proxies[name] = ProxyProcess(path)
+        return self.proxies[name]
+
+    def stop(self) -> None:
+        for process in self.proxies.values():
+            process.stop()
+        self.controller.stop()
+
+
+async def picks(port: int, users: range) -> dict[str, str]:
+    seen = {}
+    async with aiohttp.ClientSession() as session:
+        for i in users:
+            async with session.get(f"http://127.0.0.1:{port}/", headers={"X-User": f"u{i}"}) as response:
+                assert response.status == 200, await response.text()
+                seen[f"u{i}"] = response.headers["X-Version"]
+    return seen
+
+
+async def until(check: Any, seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    while not await check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def proxy_generations(setup: Setup, session: aiohttp.ClientSession) -> dict[str, tuple[int, bool]]:
+    _, listing = await setup.controller.call(session, "GET", "/v1/proxies")
+    return {p["proxy"]: (p["generation"], p["live"]) for p in listing["proxies"]}
+
+
+async def test_three_proxies_serve_every_change_before_it_answers(upstreams, tmp_path: Path) -> None:
+    v1, v2 = await upstreams("v1"), await upstreams("v2")
+    setup = Setup(tmp_path, v1.address, v2.address)
+    try:
+        edges = [setup.start_proxy(f"edge-{i}") for i in range(3)]
+        async with aiohttp.ClientSession() as session:
+            async def all_at(generation: int) -> bool:
+                return all(g == generation for g, _ in (await proxy_generations(setup, session)).values()) \
+                    and len(await proxy_generations(setup, session)) == 3
+            await until(lambda: all_at(1))
+            users = range(2000)
+            at_one = [await picks(edge.port, users) for edge in edges]
+            assert at_one[0] == at_one[1] == at_one[2]
+            assert 100 < Counter(at_one[0].values())["v2"] < 300
+            for step, share in enumerate((20, 35, 50), start=2):
+                weights = {"weights": {"v1": 100 - share, "v2": share}}
+                status, body = await setup.controller.call(
+                    session, "PUT", "/v1/services/shop/rules/default/weights", weights)
+                assert status == 200 and body["generation"] == step and body["converged"] is True
+                assert sorted((p["proxy"], p["generation"]) for p in body["proxies"]) == \
+                    [("edge-0", step), ("edge-1", step), ("edge-2", step)]
+                now = [await picks(edge.port, users) for edge in edges]  # answered, so served everywhere
+                assert now[0] == now[1] == now[2]
+                assert all(now[0][u] == "v2" for u, v in at_one[0].items() if v == "v2")  # nobody left v2
+
+            # A managed proxy's own admin API refuses routing changes, naming the controller.
+            admin = Path(edges[0].config_path.parent / "admin.token").read_text().strip()
+            async with session.put(edges[0].admin_url() + "/v1/services/shop/rules/default/weights",
+                                   json={"weights": {"v1": 1}}, headers={"Authorization": f"Bearer {admin}"}) as r:
+                assert r.status == 409 and f"127.0.0.1:{setup.port}" in (await r.json())["error"]
+
+            # edge-2 dies: it stops holding changes up once it is no longer live.
+            os.kill(edges[2].process.pid, signal.SIGKILL)
+            edges[2].process.wait(10)
+            started = time.monotonic()
+            status, body = await setup.controller.call(
+                session, "PUT", "/v1/services/shop/rules/default/weights", {"weights": {"v1": 40, "v2": 60}})
+            assert status == 200 and time.monotonic() - started < 8  # the live bound (5 s), not the timeout
+            assert body["converged"] is True
+            assert {p["proxy"]: p["live"] for p in body["proxies"]} == {"edge-0": True, "edge-1": True, "edge-2": False}
+
+            # Restarted, it serves its cache at once, then the current generation.
+            setup.proxies["edge-2"].log.close()
+            edges[2] = setup.start_proxy("edge-2")
+            assert "serving the cached generation 4" in edges[2].output()
+            await until(lambda: all_at(5))
+            assert await picks(edges[2].port, users) == await picks(edges[0].port, users)
+    finally:
+        setup.stop()
+
+
+async def test_controller_down_proxies_serve_their_cache_and_converge_when_it_is_back(
+        upstreams, tmp_path: Path) -> None:
+    v1, v2 = await upstreams("v1"), await upstreams("v2")
+    setup = Setup(tmp_path, v1.address, v2.address)
+    try:
+        first = setup.start_proxy("edge-0")
+        async with aiohttp.ClientSession() as session:
+            status, _ = await setup.controller.call(session, "PUT", "/v1/services/shop/rules/default/weights",
+                                                    {"weights": {"v1": 70, "v2": 30}})
+            assert status == 200
+            await until(lambda: _served(setup, session, "edge-0", 2))
+            users = range(1000)
+            before = await picks(first.port, users)
+
+            setup.controller.stop(signal.SIGKILL)
+            assert await picks(first.port, users) == before  # serving on, controller gone
+            # A proxy started now has only its cache: edge-1 was never run, so give it edge-0's.
+            (tmp_path / "edge-1").mkdir()
+            cache = first.config_path.with_name("turnout.yaml.snapshot.json")
+            (tmp_path / "edge-1" / "turnout.yaml.snapshot.json").write_bytes(cache.read_bytes())
+            second = setup.start_proxy("edge-1")
+            assert await picks(second.port, users) == before
+            assert "controller http://127.0.0.1" in first.output() and "unreachable" in first.output()
+
+            setup.controller = Controller(tmp_path / "controller.yaml")  # back, same state file
+            await until(lambda: _served(setup, session, "edge-0", 3))
+            await until(lambda: _served(setup, session, "edge-1", 3))
+            assert await picks(first.port, users) == before == await picks(second.port, users)  # nobody moved
+    finally:
+        setup.stop()
+
+
+async def _served(setup: Setup, session: aiohttp.ClientSession, name: str, generation: int) -> bool:
+    try:
+        found = await proxy_generations(setup, session)
+    except aiohttp.ClientError:
+        return False
+    return found.get(name, (0, False))[0] >= generation
+
+
+def test_wire_poll_is_what_a_proxy_sends() -> None:
+    poll = wire.Poll("edge-0", 3, 0, "", {"workers": []})
+    assert wire.decode(wire.encode(poll)) == poll
