@@ -242,7 +242,7 @@ async def _poll_of(request: web.Request) -> wire.Poll:
         raise ChangeError(422, "name the proxy: ?proxy=ID (1 to 200 characters)", "proxy")
     if not generation.isdigit() or len(generation) > 18:
         raise ChangeError(400, "generation is a whole number", "generation")
-    return wire.Poll(proxy, int(generation), 0, "", {})
+    return wire.Poll(proxy, "", int(generation), 0, "", {})
 
 
 class _Metrics:

@@ -40,11 +40,12 @@ class Proxies:
     def __init__(self) -> None:
         self.seen: dict[str, Seen] = {}
 
-    def poll_started(self, poll: Poll, address: str, now: float) -> Seen:
+    def poll_started(self, poll: Poll, peer: str, now: float) -> Seen:
+        """``peer``: the poll's source address, shown when the proxy does not say where it serves."""
         seen = self.seen.get(poll.proxy)
         if seen is None:
-            seen = self.seen[poll.proxy] = Seen(poll.proxy, address)
-        seen.address, seen.generation, seen.last_seen = address, poll.generation, now
+            seen = self.seen[poll.proxy] = Seen(poll.proxy, peer)
+        seen.address, seen.generation, seen.last_seen = poll.address or peer, poll.generation, now
         seen.refused, seen.reason = poll.refused, poll.reason
         seen.stats = poll.stats
         seen.open_polls += 1

@@ -4,6 +4,7 @@
     turnout controller [--config FILE]                      the release controller (also: python -m controller)
     turnout check  [--config FILE]                          validate a config file and exit
     turnout status                                          services, versions, rules, splits
+    turnout proxies                                         the proxies following the controller
     turnout weights set SERVICE v1=90 v2=10 [--rule R]      change a split (--dry-run: who would move)
     turnout explain --host H [--path P] [-H name=value]     which rule, bucket, version, endpoint
     turnout generations                                     who changed what, when
@@ -16,9 +17,10 @@
     turnout flags set KEY --file FLAG.json                  create or replace a flag
     turnout flags enable|disable|kill KEY                   switch a flag (kill: off for everyone, now)
 
-The client commands talk to the admin API: ``--admin URL`` (or TURNOUT_ADMIN_URL, default
-http://127.0.0.1:9901) and ``--token`` (or TURNOUT_ADMIN_TOKEN, or ``--token-file``, default
-config/admin.token). ``--json`` prints the API's answer as it is. Any failure: one line, exit 1.
+The client commands talk to the controller (``--controller URL`` or TURNOUT_CONTROLLER_URL) or to a
+proxy's admin API (``--admin URL`` or TURNOUT_ADMIN_URL); with neither, to the demo's controller when
+config/controller.token exists, else to http://127.0.0.1:9901 (see ``client.resolve`` for tokens).
+``--json`` prints the API's answer as it is. Any failure: one line, exit 1.
 """
 
 from __future__ import annotations
@@ -53,11 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--config", default=DEFAULT_CONFIG)
 
     client = argparse.ArgumentParser(add_help=False)
-    client.add_argument("--admin", help="admin API URL (default $TURNOUT_ADMIN_URL or http://127.0.0.1:9901)")
+    client.add_argument("--controller", help="controller URL (default $TURNOUT_CONTROLLER_URL; the demo's if it "
+                        "ran here: config/controller.token)")
+    client.add_argument("--admin", help="a proxy's admin API URL (default $TURNOUT_ADMIN_URL or http://127.0.0.1:9901)")
     client.add_argument("--token", help="admin token (default $TURNOUT_ADMIN_TOKEN or the token file)")
     client.add_argument("--token-file", help="file holding the admin token (default config/admin.token)")
     client.add_argument("--json", action="store_true", help="print the API's JSON answer")
     sub.add_parser("status", parents=[client], help="show the routing state")
+    sub.add_parser("proxies", parents=[client], help="the proxies following the controller")
     weights = sub.add_parser("weights", parents=[client], help="change a split's weights")
     weights.add_argument("action", choices=["set"])
     weights.add_argument("service")
@@ -117,11 +122,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _client_command(args: argparse.Namespace) -> int:
-    api = AdminClient(*resolve(args.admin, args.token, args.token_file))
+    api = AdminClient(*resolve(args.admin, args.token, args.token_file, args.controller))
     answer: Any
     if args.command == "status":
         answer = api.call("GET", "/v1/state")
         text = _status(answer)
+    elif args.command == "proxies":
+        answer = api.call("GET", "/v1/proxies")
+        text = _proxies(answer)
     elif args.command == "weights":
         given = {}
         for item in args.weights:
@@ -230,9 +238,28 @@ def _explained(answer: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _proxies(answer: dict[str, Any]) -> str:
+    lines = [f"generation {answer['generation']}",
+             f"{'PROXY':<20} {'ADDRESS':<22} {'GEN':>5} {'LAG':>4}  {'LIVE':<5} {'SEEN':>6}  REFUSED"]
+    for proxy in answer["proxies"]:
+        refused = proxy.get("refused")
+        lines.append(f"{proxy['proxy']:<20} {proxy['address']:<22} {proxy['generation']:>5} {proxy['lag']:>4}  "
+                     f"{'yes' if proxy['live'] else 'no':<5} {proxy['last_seen']:>5.1f}s  "
+                     + (f"{refused['generation']}: {refused['reason']}" if refused else "-"))
+    return "\n".join(lines) if answer["proxies"] else lines[0] + "\nno proxies follow this controller yet"
+
+
 def _status(state: dict[str, Any]) -> str:
-    workers = ", ".join(str(w["generation"]) for w in state["workers"])
-    lines = [f"generation {state['generation']} (workers serving: {workers})"]
+    if "proxies" in state:  # a controller
+        live = [p for p in state["proxies"] if p["live"]]
+        behind = [f"{p['proxy']} at {p['generation']}" for p in live if p["generation"] != state["generation"]]
+        lines = [f"generation {state['generation']}, {len(live)} live prox{'y' if len(live) == 1 else 'ies'}"
+                 + (f" ({', '.join(behind)})" if behind else "")]
+    else:
+        workers = state["workers"]
+        behind = [f"worker {w['pid']} at {w['generation']}" for w in workers if w["generation"] != state["generation"]]
+        lines = [f"generation {state['generation']}, {len(workers)} worker{'' if len(workers) == 1 else 's'}"
+                 + (f" ({', '.join(behind)})" if behind else "")]
     for name, service in state["services"].items():
         lines.append(f"\nservice {name}  hosts {' '.join(service['hosts'])}  path {service['path_prefix']}")
         if "overridden" in service:

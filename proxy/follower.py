@@ -73,6 +73,7 @@ class Follower:
         self.receive: Receive | None = None
         self.collect: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None
         self.reachable: bool | None = None  # for logging changes only
+        self.address = ""  # where this proxy serves, once its sockets are bound
 
     # -- boot: the cached snapshot, if any
 
@@ -132,7 +133,7 @@ class Follower:
 
     async def _poll(self, session: aiohttp.ClientSession, headers: dict[str, str]) -> wire.Snapshot | None:
         stats = {"workers": await self.collect()} if self.collect is not None else {}
-        poll = wire.Poll(self.managed.id, self.generation, self.refused, self.reason, stats)
+        poll = wire.Poll(self.managed.id, self.address, self.generation, self.refused, self.reason, stats)
         async with session.post(f"{self.managed.url}/v1/watch?wait={WAIT:g}", data=wire.encode(poll),
                                 headers=headers) as response:
             if response.status == 204:

@@ -72,6 +72,9 @@ def serve(config_path: str, workers: int = 1) -> int:
                 return 1
             host, port = sockets[listener.name].getsockname()[:2]
             log.info("listening on %s://%s:%d (listener %s)", listener.scheme, host, port, listener.name)
+        if isinstance(origin, Follower):
+            host, port = next(iter(sockets.values())).getsockname()[:2]
+            origin.address = f"{host}:{port}"
         log.info("serving with %d worker(s), generation %d", workers, snapshot.generation)
         if workers <= 1:
             uvloop.run(_serve_one(config, snapshot, origin, sockets, token))

@@ -67,6 +67,7 @@ class Poll:
     """A proxy's long poll of its controller: "I serve ``generation``; anything newer?"."""
 
     proxy: str  # its id
+    address: str  # where it serves (its first listener), for people reading the fleet list
     generation: int  # the generation it serves
     refused: int  # the last generation it refused (0: none since it last applied one)
     reason: str  # why

@@ -137,3 +137,37 @@ async def test_status_shows_overrides_and_reset_drops_them(upstreams, spawn_prox
     assert again.returncode == 1 and "409: there are no admin changes to reset" in again.stderr
     async with aiohttp.ClientSession() as session:
         assert set((await versions(session, process.port, range(30))).values()) == {"v1"}  # the file's 100/0
+
+
+async def test_the_cli_drives_the_fleet_through_the_controller(upstreams, tmp_path: Path) -> None:
+    from ..integration.test_managed import Setup, until
+
+    v1, v2 = await upstreams("v1"), await upstreams("v2")
+    setup = Setup(tmp_path, v1.address, v2.address)
+    try:
+        edge = setup.start_proxy("edge-0")
+        env = {"TURNOUT_CONTROLLER_URL": setup.controller.base}
+        token_file = str(tmp_path / "controller.token")
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return turnout(*args, "--token-file", token_file, env=env)
+
+        async def listed() -> bool:
+            return "edge-0" in (await asyncio.to_thread(run, "proxies")).stdout
+        await until(listed)
+        proxies = (await asyncio.to_thread(run, "proxies")).stdout.splitlines()
+        assert proxies[0] == "generation 1" and proxies[1].split() == ["PROXY", "ADDRESS", "GEN", "LAG", "LIVE",
+                                                                     "SEEN", "REFUSED"]
+        assert proxies[2].split()[:5] == ["edge-0", f"127.0.0.1:{edge.port}", "1", "0", "yes"]
+        assert (await asyncio.to_thread(run, "status")).stdout.startswith("generation 1, 1 live proxy\n")
+        changed = await asyncio.to_thread(run, "weights", "set", "shop", "v1=0", "v2=1")
+        assert changed.stdout.strip() == "generation 2: weights of shop/default: v1=0, v2=1", changed.stderr
+        async with aiohttp.ClientSession() as session:
+            assert set((await versions(session, edge.port, range(30))).values()) == {"v2"}
+        answer = json.loads((await asyncio.to_thread(run, "proxies", "--json")).stdout)
+        assert answer["proxies"][0]["generation"] == 2
+        down = await asyncio.to_thread(turnout, "status", "--controller", "http://127.0.0.1:9", "--token", "x",
+                                       env={})
+        assert down.returncode == 1 and "cannot reach the controller at http://127.0.0.1:9" in down.stderr
+    finally:
+        setup.stop()

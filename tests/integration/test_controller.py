@@ -67,7 +67,7 @@ class Controller:
     async def poll(self, session: aiohttp.ClientSession, proxy: str, generation: int, wait: float = 5,
                    refused: int = 0, reason: str = "") -> wire.Message | None:
         """One long poll, as a managed proxy makes it."""
-        message = wire.encode(wire.Poll(proxy, generation, refused, reason, {}))
+        message = wire.encode(wire.Poll(proxy, "", generation, refused, reason, {}))
         async with session.post(f"{self.base}/v1/watch?wait={wait}", data=message, headers=self.headers) as r:
             assert r.status in (200, 204), await r.text()
             return wire.decode(await r.read()) if r.status == 200 else None

@@ -173,5 +173,5 @@ async def _served(setup: Setup, session: aiohttp.ClientSession, name: str, gener
 
 
 def test_wire_poll_is_what_a_proxy_sends() -> None:
-    poll = wire.Poll("edge-0", 3, 0, "", {"workers": []})
+    poll = wire.Poll("edge-0", "127.0.0.1:8080", 3, 0, "", {"workers": []})
     assert wire.decode(wire.encode(poll)) == poll

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from proxy.config import load
 from proxy.core.model import ConfigError
@@ -99,3 +100,23 @@ def test_only_a_real_loopback_admin_listener_may_generate_its_token(listen: str,
         assert parse(text, "conf.yaml").admin is not None
     else:
         assert "is not a loopback address: set token_file or token_env" in error_of(text)
+
+
+def test_the_shipped_controller_and_managed_proxy_configs_are_valid() -> None:
+    from controller import config as controller_config
+
+    root = Path(__file__).parents[2] / "config"
+    edge = load(root / "edge.yaml")
+    assert edge.controller is not None and edge.controller.id == "edge-1" and edge.services == ()
+    fleet = controller_config.load(root / "controller.yaml")
+    assert list(fleet.document["services"]) == ["demo"] and fleet.settings.listen.port == 9911
+    assert fleet.document["services"] == yaml.safe_load((root / "turnout.yaml").read_text())["services"]
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("controller: {url: 'http://127.0.0.1:9911'}", "controller: name the controller's token"),
+    ("controller: {url: 'ftp://x', token_env: T}", "controller.url: must be http://host:port"),
+    ("controller: {url: 'http://h:1/path', token_env: T}", "controller.url: must be http://host:port"),
+])
+def test_controller_section_errors(extra: str, message: str) -> None:
+    assert message in error_of(BASE + extra + "\n")

@@ -30,7 +30,7 @@ def test_wire_round_trip() -> None:
     messages: list[wire.Message] = [
         wire.Snapshot(4, "t.yaml", {"services": {}}, routing.plan(config, {})), wire.Ack(4),
         wire.Refused(5, "no"), wire.Collect(9), wire.Report(9, {"generation": 4}),
-        wire.Poll("edge-1", 4, 0, "", {"versions": []}),
+        wire.Poll("edge-1", "127.0.0.1:8080", 4, 0, "", {"versions": []}),
     ]
     for message in messages:
         assert wire.decode(wire.encode(message)) == message
