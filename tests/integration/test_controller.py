@@ -211,3 +211,47 @@ def test_bad_config_names_the_file_and_field(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "controller", "--config", str(path)], capture_output=True,
                             text=True, timeout=20, cwd=ROOT)
     assert result.returncode == 2 and "services.shop.rules[0].split.canry: unknown version 'canry'" in result.stderr
+
+
+async def test_kill_9_at_random_moments_of_a_stream_of_changes(controller, tmp_path: Path) -> None:
+    import json
+    import random
+
+    rng = random.Random(20261201)
+    ctl = controller()
+    state_file = tmp_path / "controller.state.json"
+    async with aiohttp.ClientSession() as session:
+        for _round in range(20):
+            answered: list[tuple[int, str]] = []
+
+            async def stream() -> None:
+                while True:
+                    share = rng.randrange(0, 101)
+                    try:
+                        status, body = await ctl.call(session, "PUT", "/v1/services/shop/rules/default/weights",
+                                                      {"weights": {"v1": 100 - share, "v2": share}})
+                    except aiohttp.ClientError:
+                        return  # killed mid-request: that change was never answered
+                    assert status == 200, body
+                    answered.append((body["generation"], body["what"]))
+
+            task = asyncio.ensure_future(stream())
+            await asyncio.sleep(rng.uniform(0.02, 0.3))
+            os.kill(ctl.process.pid, signal.SIGKILL)
+            ctl.process.wait(10)
+            await task
+            ctl.stop()
+            ctl = controller()  # restarts on the same state file
+            saved = json.loads(state_file.read_text())  # valid JSON, whole
+            history = {entry["generation"]: entry for entry in saved["history"]}
+            for generation, what in answered:
+                assert history[generation]["what"] == what  # every answered change is kept
+            restart, before = saved["history"][-1], saved["history"][-2]
+            assert restart["what"] == "start" and restart["generation"] == before["generation"] + 1
+            assert restart["tables"] == before["tables"]  # the same buckets: nobody moved by the restart
+            status, state = await ctl.call(session, "GET", "/v1/state")
+            assert status == 200 and state["generation"] == restart["generation"]
+            if answered:
+                last_answered = answered[-1][0]
+                assert before["generation"] >= last_answered  # a later change may have been written unanswered
+        assert not list(tmp_path.glob(".controller.state.json.*.tmp"))  # leftovers cleaned at each start
