@@ -37,6 +37,7 @@ from proxy.core.overlay import ChangeError
 from proxy.core.views import describe, describe_flags
 from proxy.core.writer import Writer
 
+from .openapi import DOCUMENT
 from .proxies import Proxies
 
 __all__ = ["CONVERGE_TIMEOUT", "Fleet", "make_app"]
@@ -205,6 +206,9 @@ def make_app(writer: Writer, fleet: Fleet, token: str) -> web.Application:
     async def ready(request: web.Request) -> web.Response:
         return web.json_response({"ready": True})
 
+    async def document(request: web.Request) -> web.Response:
+        return web.json_response(DOCUMENT)
+
     app = web.Application(middlewares=[guard])
     for method, path, schema, build in changes.CHANGES:
         app.router.add_route(method, path, route(schema, build))
@@ -220,6 +224,7 @@ def make_app(writer: Writer, fleet: Fleet, token: str) -> web.Application:
     app.router.add_get("/v1/watch", watch)
     app.router.add_post("/v1/watch", watch)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/openapi.json", document)
     app.router.add_get("/ready", ready)
     app.router.add_get("/live", ready)
     return app

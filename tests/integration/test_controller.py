@@ -151,6 +151,20 @@ async def test_watch_changes_and_convergence(controller) -> None:
         assert "turnout_controller_generation 4.0" in text and 'turnout_controller_proxy_lag{proxy="edge-1"}' in text
 
 
+@pytest.mark.parametrize(("method", "query", "body", "status"), [
+    ("GET", "", None, 422), ("GET", "?proxy=", None, 422), ("GET", "?proxy=a&generation=-1", None, 400),
+    ("GET", "?proxy=a&generation=9" + "9" * 30, None, 400), ("GET", "?proxy=a&wait=x", None, 400),
+    ("POST", "", b"not json", 400), ("POST", "", b'{"v": 1, "kind": "ack", "generation": 1}', 400),
+    ("POST", "", wire.encode(wire.Poll("", "", 0, 0, "", {})), 422),
+    ("POST", "", b'{"v": 1, "kind": "poll", "proxy": "a"}', 400),
+])
+async def test_bad_watches_are_4xx(controller, method: str, query: str, body: bytes | None, status: int) -> None:
+    ctl = controller()
+    async with aiohttp.ClientSession() as session:
+        async with session.request(method, f"{ctl.base}/v1/watch{query}", data=body, headers=ctl.headers) as r:
+            assert r.status == status and "error" in await r.json()
+
+
 async def test_every_route_needs_the_token(controller) -> None:
     ctl = controller()
     routes = [("GET", "/v1/state"), ("GET", "/v1/proxies"), ("GET", "/v1/watch?proxy=a&generation=0"),
@@ -224,7 +238,7 @@ async def test_kill_9_at_random_moments_of_a_stream_of_changes(controller, tmp_p
         for _round in range(20):
             answered: list[tuple[int, str]] = []
 
-            async def stream() -> None:
+            async def stream(ctl: Controller, answered: list[tuple[int, str]]) -> None:
                 while True:
                     share = rng.randrange(0, 101)
                     try:
@@ -235,7 +249,7 @@ async def test_kill_9_at_random_moments_of_a_stream_of_changes(controller, tmp_p
                     assert status == 200, body
                     answered.append((body["generation"], body["what"]))
 
-            task = asyncio.ensure_future(stream())
+            task = asyncio.ensure_future(stream(ctl, answered))
             await asyncio.sleep(rng.uniform(0.02, 0.3))
             os.kill(ctl.process.pid, signal.SIGKILL)
             ctl.process.wait(10)
