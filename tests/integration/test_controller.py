@@ -160,9 +160,9 @@ async def test_watch_changes_and_convergence(controller) -> None:
 ])
 async def test_bad_watches_are_4xx(controller, method: str, query: str, body: bytes | None, status: int) -> None:
     ctl = controller()
-    async with aiohttp.ClientSession() as session:
-        async with session.request(method, f"{ctl.base}/v1/watch{query}", data=body, headers=ctl.headers) as r:
-            assert r.status == status and "error" in await r.json()
+    async with aiohttp.ClientSession() as session, \
+            session.request(method, f"{ctl.base}/v1/watch{query}", data=body, headers=ctl.headers) as r:
+        assert r.status == status and "error" in await r.json()
 
 
 async def test_every_route_needs_the_token(controller) -> None:
