@@ -210,3 +210,56 @@ async def test_changes_through_the_controller_under_load_fail_nothing(upstreams,
         assert len(seen) > 1000 and {version for _, version in seen} == {"v1", "v2"}
     finally:
         setup.stop()
+
+
+async def test_a_proxy_that_refuses_a_snapshot_is_listed_and_catches_up(upstreams, tmp_path: Path) -> None:
+    v1, v2 = await upstreams("v1"), await upstreams("v2")
+    setup = Setup(tmp_path, v1.address, v2.address)
+    try:
+        edge = setup.start_proxy("edge-0")
+        async with aiohttp.ClientSession() as session:
+            await until(lambda: _served(setup, session, "edge-0", 1))
+            # A version whose CA file the proxy cannot read: the controller cannot check files that live
+            # on proxies, so the proxy refuses it and keeps serving generation 1.
+            status, body = await setup.controller.call(
+                session, "PUT", "/v1/services/shop/versions/v3",
+                {"endpoints": ["https://127.0.0.1:9"], "tls": {"ca": str(tmp_path / "missing-ca.pem")}})
+            assert status == 200 and body["converged"] is True
+            refused = body["proxies"][0]["refused"]
+            assert refused["generation"] == 2 and "missing-ca.pem" in refused["reason"]
+            assert "refused generation 2 from the controller, still serving 1" in edge.output()
+            assert set((await picks(edge.port, range(20))).values()) <= {"v1", "v2"}
+
+            # The next generation, without the bad version, is taken whole.
+            status, body = await setup.controller.call(session, "POST", "/v1/rollback", {"generation": 1})
+            assert status == 200 and body["converged"] is True
+            assert body["proxies"][0]["generation"] == 3 and "refused" not in body["proxies"][0]
+    finally:
+        setup.stop()
+
+
+async def test_a_managed_proxy_with_workers_fans_each_snapshot_out(upstreams, tmp_path: Path) -> None:
+    v1, v2 = await upstreams("v1"), await upstreams("v2")
+    setup = Setup(tmp_path, v1.address, v2.address)
+    try:
+        folder = tmp_path / "edge-0"
+        folder.mkdir()
+        path = folder / "turnout.yaml"
+        path.write_text(managed_config(f"http://127.0.0.1:{setup.port}", tmp_path / "controller.token", "edge-0"))
+        edge = setup.proxies["edge-0"] = ProxyProcess(path, workers=2)
+        async with aiohttp.ClientSession() as session:
+            await until(lambda: _served(setup, session, "edge-0", 1))
+            status, body = await setup.controller.call(session, "PUT", "/v1/services/shop/rules/default/weights",
+                                                       {"weights": {"v1": 0, "v2": 1}})
+            assert status == 200 and body["converged"] is True and body["proxies"][0]["generation"] == 2
+            connector = aiohttp.TCPConnector(force_close=True)  # new connections: both workers answer
+            async with aiohttp.ClientSession(connector=connector) as fresh:
+                for i in range(40):
+                    async with fresh.get(f"http://127.0.0.1:{edge.port}/", headers={"X-User": f"u{i}"}) as r:
+                        assert r.headers["X-Version"] == "v2"
+            admin = (folder / "admin.token").read_text().strip()
+            async with session.get(edge.admin_url() + "/v1/state", headers={"Authorization": f"Bearer {admin}"}) as r:
+                state = await r.json()
+            assert [w["generation"] for w in state["workers"]] == [2, 2]
+    finally:
+        setup.stop()
