@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -108,15 +108,6 @@ def make_app(writer: Writer, fleet: Fleet, token: str) -> web.Application:
         assert fleet.state is not None
         return fleet.state
 
-    async def body(request: web.Request, schema: str) -> dict[str, Any]:
-        return changes.parse_body(await request.read(), schema)
-
-    def actor(request: web.Request) -> str:
-        return request.headers.get("X-Turnout-Actor", "controller-api")[:100]
-
-    def if_match(request: web.Request) -> int | None:
-        return changes.if_match(request.headers.get("If-Match"))
-
     async def changed(entry: Entry) -> web.Response:
         proxies = await fleet.converge(entry.generation, CONVERGE_TIMEOUT)
         live = [p for p in proxies if p["live"]]
@@ -124,41 +115,16 @@ def make_app(writer: Writer, fleet: Fleet, token: str) -> web.Application:
                                   "converged": all(p["converged"] for p in live)},
                                  headers={"ETag": f'"{entry.generation}"'})
 
-    def route(schema: str | None, build: Callable[[Mapping[str, str], dict[str, Any]], changes.Change]) -> Handler:
+    def serve(route: changes.Route) -> Handler:
         async def handle(request: web.Request) -> web.Response:
-            change = build(request.match_info, await body(request, schema) if schema else {})
-            if request.query.get("dry_run", "").lower() in ("1", "true", "yes"):
-                after = writer.preview(change.make)
-                return web.json_response({"dry_run": True, "generation": state().generation, "what": change.what,
-                                          "splits": explain.moves(state(), after)})
-            return await changed(writer.change(actor(request), change.what, change.make, if_match(request)))
+            answer = route.run(writer, changes.call(route, request.match_info, await request.read(),
+                                                    request.headers, request.query, "controller-api"))
+            return await changed(answer) if isinstance(answer, Entry) else web.json_response(answer)
         return handle
 
-    async def rollback(request: web.Request) -> web.Response:
-        generation = (await body(request, "Rollback"))["generation"]
-        return await changed(writer.rollback(actor(request), generation, if_match(request)))
-
-    async def reset(request: web.Request) -> web.Response:
-        services, flags = changes.reset_request(await body(request, "Reset"))
-        return await changed(writer.reset(actor(request), services, flags, if_match(request)))
-
-    async def reload(request: web.Request) -> web.Response:
-        return await changed(writer.reload(actor(request)))
-
     async def explain_route(request: web.Request) -> web.Response:
-        host, probe = changes.explain_request(await body(request, "Explain"))
+        host, probe = changes.explain_request(changes.parse_body(await request.read(), "Explain"))
         return web.json_response(explain.explain(state(), host, probe))
-
-    async def generations(request: web.Request) -> web.Response:
-        return web.json_response({"current": writer.generation,
-                                  "generations": [entry.summary() for entry in reversed(writer.history)]})
-
-    async def diff(request: web.Request) -> web.Response:
-        try:
-            before, after = int(request.match_info["a"]), int(request.match_info["b"])
-        except ValueError:
-            raise ChangeError(400, "generations are numbers", "generation") from None
-        return web.json_response({"from": before, "to": after, "changes": writer.diff(before, after)})
 
     async def state_view(request: web.Request) -> web.Response:
         view = describe(state(), [], writer.overrides())
@@ -210,14 +176,9 @@ def make_app(writer: Writer, fleet: Fleet, token: str) -> web.Application:
         return web.json_response(DOCUMENT)
 
     app = web.Application(middlewares=[guard])
-    for method, path, schema, build in changes.CHANGES:
-        app.router.add_route(method, path, route(schema, build))
-    app.router.add_post("/v1/rollback", rollback)
-    app.router.add_post("/v1/reset", reset)
-    app.router.add_post("/v1/reload", reload)
+    for route in changes.ROUTES:
+        app.router.add_route(route.method, route.path, serve(route))
     app.router.add_post("/v1/explain", explain_route)
-    app.router.add_get("/v1/generations", generations)
-    app.router.add_get("/v1/generations/{a}/diff/{b}", diff)
     app.router.add_get("/v1/state", state_view)
     app.router.add_get("/v1/flags", flags)
     app.router.add_get("/v1/proxies", proxies)

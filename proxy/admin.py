@@ -34,7 +34,7 @@ import hmac
 import json
 import os
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -184,9 +184,6 @@ async def read_json(request: web.Request) -> Any:
 
 
 def _add_changes(app: web.Application, control: Control, backend: AdminBackend) -> None:
-    async def body(request: web.Request, schema: str) -> dict[str, Any]:
-        return changes.parse_body(await request.read(), schema)
-
     async def changed(entry: Entry) -> web.Response:
         """Answer once every worker serves the new generation, or say which did not in time."""
         workers = await backend.converge(entry.generation, CONVERGE_TIMEOUT)
@@ -194,54 +191,20 @@ def _add_changes(app: web.Application, control: Control, backend: AdminBackend) 
                                   "converged": all(w["converged"] for w in workers)},
                                  headers={"ETag": f'"{entry.generation}"'})
 
-    def actor(request: web.Request) -> str:
-        return request.headers.get("X-Turnout-Actor", "admin-api")[:100]
-
-    def if_match(request: web.Request) -> int | None:
-        return changes.if_match(request.headers.get("If-Match"))
-
-    def route(schema: str | None, build: Callable[[Mapping[str, str], dict[str, Any]], changes.Change]) -> Handler:
+    def serve(route: changes.Route) -> Handler:
         async def handle(request: web.Request) -> web.Response:
-            """Apply a change, or with ``?dry_run=true`` only say which sticky users it would move."""
-            change = build(request.match_info, await body(request, schema) if schema else {})
-            if request.query.get("dry_run", "").lower() in ("1", "true", "yes"):
-                current = backend.routing_state()
-                after = control.preview(change.make)
-                return web.json_response({"dry_run": True, "generation": current.generation, "what": change.what,
-                                          "splits": explain.moves(current, after)})
-            return await changed(control.change(actor(request), change.what, change.make, if_match(request)))
+            answer = route.run(control, changes.call(route, request.match_info, await request.read(), request.headers,
+                                                     request.query, "admin-api"))
+            return await changed(answer) if isinstance(answer, Entry) else web.json_response(answer)
         return handle
 
-    async def rollback(request: web.Request) -> web.Response:
-        generation = (await body(request, "Rollback"))["generation"]
-        return await changed(control.rollback(actor(request), generation, if_match(request)))
-
-    async def reset(request: web.Request) -> web.Response:
-        services, flags = changes.reset_request(await body(request, "Reset"))
-        return await changed(control.reset(actor(request), services, flags, if_match(request)))
-
     async def explain_route(request: web.Request) -> web.Response:
-        host, probe = changes.explain_request(await body(request, "Explain"))
+        host, probe = changes.explain_request(changes.parse_body(await request.read(), "Explain"))
         return web.json_response(explain.explain(backend.routing_state(), host, probe))
-
-    async def reload(request: web.Request) -> web.Response:
-        """SIGHUP by API: the config file (and its certificates) again, with the overlay on top."""
-        return await changed(control.reload_file(actor(request)))
 
     async def flags(request: web.Request) -> web.Response:
         return web.json_response({"generation": backend.routing_state().generation,
                                   "flags": describe_flags(backend.routing_state())})
-
-    async def generations(request: web.Request) -> web.Response:
-        return web.json_response({"current": control.generation,
-                                  "generations": [entry.summary() for entry in reversed(control.history)]})
-
-    async def diff(request: web.Request) -> web.Response:
-        try:
-            before, after = int(request.match_info["a"]), int(request.match_info["b"])
-        except ValueError:
-            raise ChangeError(400, "generations are numbers", "generation") from None
-        return web.json_response({"from": before, "to": after, "changes": control.diff(before, after)})
 
     @web.middleware
     async def change_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -251,15 +214,10 @@ def _add_changes(app: web.Application, control: Control, backend: AdminBackend) 
             return error(exc.status, exc.message, field=exc.field)
 
     app.middlewares.append(change_errors)
-    for method, path, schema, build in changes.CHANGES:
-        app.router.add_route(method, path, route(schema, build))
-    app.router.add_post("/v1/rollback", rollback)
-    app.router.add_post("/v1/reload", reload)
-    app.router.add_post("/v1/reset", reset)
-    app.router.add_get("/v1/generations", generations)
+    for route in changes.ROUTES:
+        app.router.add_route(route.method, route.path, serve(route))
     app.router.add_post("/v1/explain", explain_route)
     app.router.add_get("/v1/flags", flags)
-    app.router.add_get("/v1/generations/{a}/diff/{b}", diff)
 
 
 def _refuse_changes(app: web.Application, controller: str, backend: AdminBackend) -> None:
@@ -280,12 +238,8 @@ def _refuse_changes(app: web.Application, controller: str, backend: AdminBackend
         return web.json_response({"generation": backend.routing_state().generation,
                                   "flags": describe_flags(backend.routing_state())})
 
-    for method, path, _, _ in changes.CHANGES:
-        app.router.add_route(method, path, refuse)
-    for path in ("/v1/rollback", "/v1/reload", "/v1/reset"):
-        app.router.add_post(path, refuse)
-    for path in ("/v1/generations", "/v1/generations/{a}/diff/{b}"):
-        app.router.add_get(path, refuse)
+    for route in changes.ROUTES:
+        app.router.add_route(route.method, route.path, refuse)
     app.router.add_post("/v1/explain", explain_route)
     app.router.add_get("/v1/flags", flags)
 

@@ -15,12 +15,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import overlay
+from . import explain, overlay
+from .history import Entry
 from .match import Request
 from .openapi import validator
 from .overlay import ChangeError, Overlay
+from .writer import Writer
 
-__all__ = ["CHANGES", "Change", "explain_request", "if_match", "parse_body", "reset_request", "strict_json"]
+__all__ = ["CHANGES", "ROUTES", "Answer", "Call", "Change", "Route", "call", "explain_request", "if_match",
+           "parse_body", "reset_request", "strict_json"]
 
 Params = Mapping[str, str]
 
@@ -169,3 +172,85 @@ def explain_request(data: dict[str, Any]) -> tuple[str, Request]:
         raise ChangeError(422, "'path' must start with '/'", "path")
     return host, Request(str(data.get("method", "GET")).upper(), path, str(data.get("query", "")), headers,
                          str(data.get("client_ip", "127.0.0.1")))
+
+
+# -- every writing route of an admin API, whatever the HTTP layer
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One admin request as the routes see it (the HTTP layer fills it in)."""
+
+    params: Params  # path parameters
+    body: dict[str, Any]  # checked against the route's schema
+    actor: str  # who, for the history
+    if_match: int | None
+    dry_run: bool
+
+
+Answer = Entry | dict[str, Any]  # a new generation (answered once receivers serve it), or a plain answer
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    schema: str | None
+    run: Callable[[Writer, Call], Answer]
+
+
+def call(route: Route, params: Params, body: bytes, headers: Mapping[str, str], query: Mapping[str, str],
+         default_actor: str) -> Call:
+    """An HTTP request as the routes take it (a body that does not fit is a ``ChangeError``)."""
+    return Call(params, parse_body(body, route.schema) if route.schema else {},
+                headers.get("X-Turnout-Actor", default_actor)[:100], if_match(headers.get("If-Match")),
+                query.get("dry_run", "").lower() in ("1", "true", "yes"))
+
+
+def _changing(build: Callable[[Params, dict[str, Any]], Change]) -> Callable[[Writer, Call], Answer]:
+    def run(writer: Writer, call: Call) -> Answer:
+        change = build(call.params, call.body)
+        if call.dry_run:  # which sticky users it would move; nothing changes
+            current = writer.preview(lambda doc, old: old)
+            after = writer.preview(change.make)
+            return {"dry_run": True, "generation": writer.generation, "what": change.what,
+                    "splits": explain.moves(current, after)}
+        return writer.change(call.actor, change.what, change.make, call.if_match)
+    return run
+
+
+def _rollback(writer: Writer, call: Call) -> Answer:
+    return writer.rollback(call.actor, call.body["generation"], call.if_match)
+
+
+def _reset(writer: Writer, call: Call) -> Answer:
+    services, flags = reset_request(call.body)
+    return writer.reset(call.actor, services, flags, call.if_match)
+
+
+def _reload(writer: Writer, call: Call) -> Answer:
+    return writer.reload(call.actor)
+
+
+def _generations(writer: Writer, call: Call) -> Answer:
+    return {"current": writer.generation, "generations": [entry.summary() for entry in reversed(writer.history)]}
+
+
+def _diff(writer: Writer, call: Call) -> Answer:
+    try:
+        before, after = int(call.params["a"]), int(call.params["b"])
+    except ValueError:
+        raise ChangeError(400, "generations are numbers", "generation") from None
+    return {"from": before, "to": after, "changes": writer.diff(before, after)}
+
+
+# What a writer's admin API serves (the proxy's, standalone; the controller's). A managed proxy answers
+# the same routes with 409.
+ROUTES: tuple[Route, ...] = (
+    *(Route(method, path, schema, _changing(build)) for method, path, schema, build in CHANGES),
+    Route("POST", "/v1/rollback", "Rollback", _rollback),
+    Route("POST", "/v1/reset", "Reset", _reset),
+    Route("POST", "/v1/reload", None, _reload),
+    Route("GET", "/v1/generations", None, _generations),
+    Route("GET", "/v1/generations/{a}/diff/{b}", None, _diff),
+)
