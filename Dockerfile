@@ -5,6 +5,7 @@ FROM python:3.12-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
+COPY controller ./controller
 RUN pip install --no-cache-dir . && useradd --system --no-create-home turnout \
     && mkdir -p /etc/turnout && chown turnout /etc/turnout
 # The directory must be writable: the admin token and the admin state file live beside the config.
