@@ -106,6 +106,14 @@ async def test_three_proxies_serve_every_change_before_it_answers(upstreams, tmp
                 assert now[0] == now[1] == now[2]
                 assert all(now[0][u] == "v2" for u, v in at_one[0].items() if v == "v2")  # nobody left v2
 
+            # 10,000 sticky keys land identically on the three (fetched in parallel, 8 keys at a time each).
+            many = range(10_000)
+            async def spread(port: int) -> dict[str, str]:
+                parts = await asyncio.gather(*(picks(port, range(i, 10_000, 8)) for i in range(8)))
+                return {user: version for part in parts for user, version in part.items()}
+            views = await asyncio.gather(*(spread(edge.port) for edge in edges))
+            assert len(views[0]) == len(many) and views[0] == views[1] == views[2]
+
             # A managed proxy's own admin API refuses routing changes, naming the controller.
             admin = Path(edges[0].config_path.parent / "admin.token").read_text().strip()
             async with session.put(edges[0].admin_url() + "/v1/services/shop/rules/default/weights",
