@@ -23,6 +23,7 @@ refused it), or after ``CONVERGE_TIMEOUT`` seconds saying which did not.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -38,7 +39,7 @@ from proxy.core.views import describe, describe_flags
 from proxy.core.writer import Writer
 
 from .openapi import DOCUMENT
-from .proxies import Proxies
+from .proxies import LIVE_FOR, Proxies
 
 __all__ = ["CONVERGE_TIMEOUT", "Fleet", "make_app"]
 
@@ -57,6 +58,7 @@ class Fleet:
         self.state: routing.RoutingState | None = None
         self.proxies = Proxies()
         self.changed = asyncio.Event()
+        self.polled = asyncio.Event()  # set whenever a proxy says what it serves
         self.applied = 0  # generations shipped since start (a metric)
 
     def apply(self, config: Any, snapshot: wire.Snapshot) -> None:
@@ -73,10 +75,19 @@ class Fleet:
     def now(self) -> float:
         return asyncio.get_running_loop().time()
 
+    def poll_started(self, poll: wire.Poll, peer: str) -> Any:
+        seen = self.proxies.poll_started(poll, peer, self.now())
+        self.polled.set()
+        return seen
+
     async def converge(self, generation: int, timeout: float) -> list[dict[str, Any]]:
+        """Wait until every live proxy serves ``generation`` (or refused it). Woken by each poll, and
+        at least every ``LIVE_FOR`` / 5 seconds, since a proxy can also stop being live by silence."""
         deadline = self.now() + timeout
         while self.proxies.waiting_for(generation, self.now()) and self.now() < deadline:
-            await asyncio.sleep(0.02)  # polls land from other tasks; a short sleep keeps this simple
+            self.polled.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.polled.wait(), min(LIVE_FOR / 5, max(0.0, deadline - self.now())))
         return self.proxies.status(generation, self.now())
 
 
@@ -146,7 +157,7 @@ def make_app(writer: Writer, fleet: Fleet, token: str) -> web.Application:
         except ValueError:
             raise ChangeError(400, "wait is a number of seconds", "wait") from None
         peer = request.transport.get_extra_info("peername") if request.transport else None
-        seen = fleet.proxies.poll_started(poll, f"{peer[0]}:{peer[1]}" if peer else "", fleet.now())
+        seen = fleet.poll_started(poll, f"{peer[0]}:{peer[1]}" if peer else "")
         try:
             current = fleet.snapshot
             known = max(poll.generation, poll.refused)  # a refused generation is not sent again: the next one is
