@@ -25,7 +25,7 @@ import aiohttp
 
 from .core import statefile, wire
 from .core.model import Config, ConfigError, Managed
-from .core.reader import from_document
+from .core.reader import from_document, read_document
 
 __all__ = ["Follower", "controller_token", "merged"]
 
@@ -74,6 +74,7 @@ class Follower:
         self.collect: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None
         self.reachable: bool | None = None  # for logging changes only
         self.address = ""  # where this proxy serves, once its sockets are bound
+        self.last: wire.Snapshot | None = None  # the controller's snapshot the receivers serve
 
     # -- boot: the cached snapshot, if any
 
@@ -86,7 +87,7 @@ class Follower:
             except ConfigError as exc:
                 log.error("the cached snapshot does not fit this file any more (%s); waiting for the controller", exc)
             else:
-                self.generation = cached.generation
+                self.generation, self.last = cached.generation, cached
                 log.info("serving the cached generation %d until %s answers", cached.generation, self.managed.url)
                 return config, self._local(cached)
         empty = wire.Snapshot(0, self.source, {}, {})
@@ -158,12 +159,41 @@ class Follower:
         if reason is not None:
             self._refuse(snapshot.generation, reason)
             return
-        self.generation, self.refused, self.reason = served, 0, ""
+        self.generation, self.refused, self.reason, self.last = served, 0, "", snapshot
         try:
             statefile.write(self.cache_path, json.loads(wire.encode(snapshot)))
         except OSError as exc:
             log.error("cannot cache generation %d in %s: %s", served, self.cache_path, exc.strerror)
         log.info("applied generation %d from %s", served, self.managed.url)
+
+    async def reload_local(self) -> bool:
+        """SIGHUP: this proxy's own file again (listeners aside, which need a restart), applied with the
+        routing it serves now, as the same generation. A bad file changes nothing and says why."""
+        assert self.receive is not None
+        try:
+            local = read_document(Path(self.source).read_text(encoding="utf-8"), self.source)
+            managed = from_document(merged(local, {}), self.source).controller
+            if managed is None or (isinstance(local, dict) and (local.get("services") or local.get("flags"))):
+                raise ConfigError(self.source, "controller", "a managed proxy's file keeps its controller section "
+                                  "and has no services or flags (to stop following the controller, restart)")
+            routing = self.last.document if self.last is not None else {}
+            config = from_document(merged(local, routing), self.source)
+        except OSError as exc:
+            log.error("reload refused, still serving generation %d: %s: %s", self.generation, self.source, exc.strerror)
+            return False
+        except ConfigError as exc:
+            log.error("reload refused, still serving generation %d: %s", self.generation, exc)
+            return False
+        previous, self.local = self.local, local
+        current = self.last or wire.Snapshot(0, self.source, {}, {})
+        _, reason = await self.receive(config, self._local(current))
+        if reason is not None:
+            self.local = previous
+            log.error("reload refused, still serving generation %d: %s", self.generation, reason)
+            return False
+        self.managed = managed  # a new controller URL or id takes effect with the next poll
+        log.info("reloaded %s: generation %d from %s with this file", self.source, self.generation, managed.url)
+        return True
 
     def _refuse(self, generation: int, reason: str) -> None:
         self.refused, self.reason = generation, reason

@@ -152,8 +152,9 @@ async def _until_stopped(origin: Control | Follower, receivers: str) -> None:
     SIGTERM or SIGINT."""
     def reload_file() -> None:
         if isinstance(origin, Follower):
-            log.warning("SIGHUP: this proxy's routing comes from %s; changes to its own file take effect at "
-                        "the next start", origin.managed.url)
+            task = loop.create_task(origin.reload_local())
+            reloads.add(task)  # kept until done
+            task.add_done_callback(reloads.discard)
             return
         try:
             entry = origin.reload_file()
@@ -164,6 +165,7 @@ async def _until_stopped(origin: Control | Follower, receivers: str) -> None:
         log.info("reloaded %s: generation %d%s", origin.config_path, entry.generation, receivers)
 
     loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[bool]] = set()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGHUP, reload_file)
     loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -271,3 +271,39 @@ async def test_a_managed_proxy_with_workers_fans_each_snapshot_out(upstreams, tm
             assert [w["generation"] for w in state["workers"]] == [2, 2]
     finally:
         setup.stop()
+
+
+async def test_sighup_applies_a_managed_proxys_own_file_with_the_routing_it_serves(upstreams, tmp_path: Path) -> None:
+    v1, v2 = await upstreams("v1"), await upstreams("v2")
+    setup = Setup(tmp_path, v1.address, v2.address)
+    try:
+        edge = setup.start_proxy("edge-0")
+        async with aiohttp.ClientSession() as session:
+            await until(lambda: _served(setup, session, "edge-0", 1))
+            big = {"X-Padding": "p" * 3000}
+
+            async def status_of_big() -> int:  # on a new connection: open ones keep the limits they began with
+                async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh, \
+                        fresh.get(f"http://127.0.0.1:{edge.port}/", headers=big) as response:
+                    return response.status
+            assert await status_of_big() == 200
+            local = yaml.safe_load(edge.config_path.read_text())
+            edge.config_path.write_text(yaml.safe_dump({**local, "services": {"x": {}}}))
+            edge.signal(signal.SIGHUP)
+            await until(lambda: _logged(edge, "reload refused"))
+            assert "keeps its controller section and has no services" in edge.output()
+            assert await status_of_big() == 200  # nothing changed
+
+            edge.config_path.write_text(yaml.safe_dump({**local, "limits": {"max_header_bytes": 2048}}))
+            edge.signal(signal.SIGHUP)
+            await until(lambda: _logged(edge, "reloaded"))
+            assert await status_of_big() == 431
+            assert (await proxy_generations(setup, session))["edge-0"][0] == 1  # the same generation
+            async with session.get(f"http://127.0.0.1:{edge.port}/", headers={"X-User": "u1"}) as response:
+                assert response.status == 200  # still routed by the controller's snapshot
+    finally:
+        setup.stop()
+
+
+async def _logged(process: ProxyProcess, text: str) -> bool:
+    return text in process.output()
