@@ -147,8 +147,10 @@ def make_app(writer: Writer, fleet: Fleet, token: str) -> web.Application:
         return web.json_response({"generation": state().generation, "flags": describe_flags(state())})
 
     async def proxies(request: web.Request) -> web.Response:
+        """``?stats=true``: with each proxy's last reported counters (per worker, service and version)."""
+        stats = request.query.get("stats", "").lower() in ("1", "true", "yes")
         return web.json_response({"generation": writer.generation,
-                                  "proxies": fleet.proxies.status(writer.generation, fleet.now())})
+                                  "proxies": fleet.proxies.status(writer.generation, fleet.now(), stats)})
 
     async def watch(request: web.Request) -> web.StreamResponse:
         poll = await _poll_of(request)

@@ -62,9 +62,10 @@ class Proxies:
         """The live proxies that do not serve ``generation`` yet."""
         return [seen for seen in self.live(now) if not seen.serves(generation)]
 
-    def status(self, generation: int, now: float) -> list[dict[str, Any]]:
-        """Each known proxy, for the API and ``turnout proxies``."""
-        return [{"proxy": seen.id, "address": seen.address, "generation": seen.generation,
+    def status(self, generation: int, now: float, stats: bool = False) -> list[dict[str, Any]]:
+        """Each known proxy, for the API and ``turnout proxies``; ``stats``: with its last counters."""
+        return [{**({"stats": seen.stats} if stats else {}), "proxy": seen.id, "address": seen.address,
+                 "generation": seen.generation,
                  "lag": max(0, generation - seen.generation), "live": seen.live(now),
                  "last_seen": round(now - seen.last_seen, 3) if not seen.open_polls else 0.0,
                  "converged": seen.serves(generation),

@@ -114,6 +114,14 @@ async def test_three_proxies_serve_every_change_before_it_answers(upstreams, tmp
             views = await asyncio.gather(*(spread(edge.port) for edge in edges))
             assert len(views[0]) == len(many) and views[0] == views[1] == views[2]
 
+            # Each proxy reports its counters with its polls: what rollout analysis will read.
+            await setup.controller.call(session, "POST", "/v1/flags/beta/disable")  # a change: everyone polls
+            _, listing = await setup.controller.call(session, "GET", "/v1/proxies?stats=true")
+            for proxy in listing["proxies"]:
+                counted = sum(entry["responses"][2] for worker in proxy["stats"]["workers"]
+                              for entry in worker["versions"])
+                assert counted >= 10_000 + 3 * len(users), proxy["proxy"]
+
             # A managed proxy's own admin API refuses routing changes, naming the controller.
             admin = Path(edges[0].config_path.parent / "admin.token").read_text().strip()
             async with session.put(edges[0].admin_url() + "/v1/services/shop/rules/default/weights",
@@ -133,8 +141,8 @@ async def test_three_proxies_serve_every_change_before_it_answers(upstreams, tmp
             # Restarted, it serves its cache at once, then the current generation.
             setup.proxies["edge-2"].log.close()
             edges[2] = setup.start_proxy("edge-2")
-            assert "serving the cached generation 4" in edges[2].output()
-            await until(lambda: all_at(5))
+            assert "serving the cached generation 5" in edges[2].output()
+            await until(lambda: all_at(6))
             assert await picks(edges[2].port, users) == await picks(edges[0].port, users)
     finally:
         setup.stop()
