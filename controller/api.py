@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,7 +31,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from proxy.core import changes, explain, routing, wire
+from proxy.core import changes, explain, routing, tokens, wire
 from proxy.core.history import Entry
 from proxy.core.overlay import ChangeError
 from proxy.core.views import describe, describe_flags
@@ -102,9 +101,7 @@ def make_app(writer: Writer, fleet: Fleet, token: str) -> web.Application:
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if "Origin" in request.headers:
             return error(403, "requests from web pages (with an Origin header) are refused")
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        presented = given.strip().encode() if scheme.lower() == "bearer" else b""
-        if not hmac.compare_digest(presented, expected):
+        if not tokens.matches(tokens.bearer(request.headers.get("Authorization", "")), expected):
             response = error(401, "missing or wrong bearer token")
             response.headers["WWW-Authenticate"] = 'Bearer realm="turnout-controller"'
             return response

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
 import signal
 import socket
 import sys
@@ -17,6 +15,7 @@ from typing import Any
 import uvloop
 from aiohttp import web
 
+from proxy.core import tokens
 from proxy.core.model import Config, ConfigError
 from proxy.core.overlay import ChangeError
 from proxy.core.writer import Writer
@@ -33,24 +32,7 @@ log = logging.getLogger("turnout")
 def load_token(settings: config_module.Settings, source: str) -> str:
     """The bearer token: from the named environment variable, else from the token file, created (mode
     0600) with a random token if it does not exist yet."""
-    if settings.token_env is not None:
-        token = os.environ.get(settings.token_env, "")
-        if not token:
-            raise ConfigError(source, "controller.token_env", f"environment variable {settings.token_env} is not set")
-        return token
-    path = Path(settings.token_file)
-    try:
-        token = path.read_text().strip()
-    except FileNotFoundError:
-        token = secrets.token_urlsafe(32)
-        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
-            handle.write(token + "\n")
-        return token
-    except OSError as exc:
-        raise ConfigError(source, "controller.token_file", f"cannot read {path}: {exc.strerror}") from None
-    if not token:
-        raise ConfigError(source, "controller.token_file", f"{path} is empty")
-    return token
+    return tokens.load(source, "controller", settings.token_env, settings.token_file, create=True)
 
 
 def serve(config_path: str) -> int:

@@ -30,19 +30,16 @@ since it was read. Who made a change comes from the ``X-Turnout-Actor`` header (
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import os
-import secrets
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from . import metrics
 from .control import Control
-from .core import changes, explain, openapi
+from .core import changes, explain, openapi, tokens
 from .core.history import Entry
 from .core.model import Admin, ConfigError
 from .core.overlay import ChangeError
@@ -77,25 +74,7 @@ class AdminBackend(Protocol):
 def load_token(admin: Admin, source: str) -> str:
     """The bearer token: from the named environment variable, else from the token file, which is
     created (mode 0600) with a random token if it does not exist yet."""
-    if admin.token_env is not None:
-        token = os.environ.get(admin.token_env, "")
-        if not token:
-            raise ConfigError(source, "admin.token_env", f"environment variable {admin.token_env} is not set")
-        return token
-    path = Path(admin.token_file)
-    try:
-        token = path.read_text().strip()
-    except FileNotFoundError:
-        token = secrets.token_urlsafe(32)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(token + "\n")
-        return token
-    except OSError as exc:
-        raise ConfigError(source, "admin.token_file", f"cannot read {path}: {exc.strerror}") from None
-    if not token:
-        raise ConfigError(source, "admin.token_file", f"{path} is empty")
-    return token
+    return tokens.load(source, "admin", admin.token_env, admin.token_file, create=True)
 
 
 def load_flags_token(admin: Admin, source: str) -> str | None:
@@ -121,17 +100,16 @@ def make_app(backend: AdminBackend, token: str, control: Control | None = None,
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        presented = given.strip().encode() if scheme.lower() == "bearer" else b""
+        presented = tokens.bearer(request.headers.get("Authorization", ""))
         if request.path.startswith("/ofrep/"):
             # Apps evaluate flags with the admin token or the read-only flags token (bearer or X-API-Key).
             presented = presented or request.headers.get("X-API-Key", "").encode()
-            if not any(hmac.compare_digest(presented, allowed) for allowed in readers):
+            if not tokens.matches(presented, *readers):
                 return web.json_response({"errorDetails": "missing or wrong token"}, status=401)
             return await handler(request)
         if "Origin" in request.headers:
             return error(403, "requests from web pages (with an Origin header) are refused")
-        if not hmac.compare_digest(presented, expected):
+        if not tokens.matches(presented, expected):
             response = error(401, "missing or wrong bearer token")
             response.headers["WWW-Authenticate"] = 'Bearer realm="turnout-admin"'
             return response

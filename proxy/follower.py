@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 
 import aiohttp
 
-from .core import statefile, wire
+from .core import statefile, tokens, wire
 from .core.model import Config, ConfigError, Managed
 from .core.reader import from_document, read_document
 
@@ -39,20 +38,8 @@ Receive = Callable[[Config, wire.Snapshot], Awaitable[tuple[int, str | None]]]
 
 
 def controller_token(managed: Managed, source: str) -> str:
-    if managed.token_env is not None:
-        token = os.environ.get(managed.token_env, "")
-        if not token:
-            raise ConfigError(source, "controller.token_env", f"environment variable {managed.token_env} is not set")
-        return token
-    assert managed.token_file is not None
-    try:
-        token = Path(managed.token_file).read_text().strip()
-    except OSError as exc:
-        raise ConfigError(source, "controller.token_file",
-                          f"cannot read {managed.token_file}: {exc.strerror}") from None
-    if not token:
-        raise ConfigError(source, "controller.token_file", f"{managed.token_file} is empty")
-    return token
+    """The controller's token (the controller creates it; a proxy only reads it)."""
+    return tokens.load(source, "controller", managed.token_env, managed.token_file, create=False)
 
 
 def merged(local: Any, routing: Any) -> Any:

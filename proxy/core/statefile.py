@@ -3,8 +3,8 @@ written so that a crash at any moment leaves either the old or the new file.
 
 Write a temporary file in the same directory, fsync it, rename it over the old one (atomic on POSIX),
 then fsync the directory so the rename itself is durable. ``clean`` removes the temporary files a
-``kill -9`` may leave behind. The core's one piece of file I/O: both processes persist the same
-``history.Desired`` this way, and neither may import the other's shell.
+``kill -9`` may leave behind. With ``tokens``, the core's only file I/O: both processes persist the
+same ``history.Desired`` this way, and neither may import the other's shell.
 """
 
 from __future__ import annotations
