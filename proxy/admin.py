@@ -115,6 +115,8 @@ def make_app(backend: AdminBackend, token: str, control: Control | None = None,
             return response
         try:
             return await handler(request)
+        except ChangeError as exc:
+            return error(exc.status, exc.message, field=exc.field)
         except web.HTTPException as exc:  # aiohttp's own 404/405: answered in JSON like the rest
             return error(exc.status, exc.reason)
 
@@ -140,12 +142,22 @@ def make_app(backend: AdminBackend, token: str, control: Control | None = None,
     if control is not None:
         _add_changes(app, control, backend)
     elif managed_by is not None:
-        _refuse_changes(app, managed_by, backend)
+        _refuse_changes(app, managed_by)
     _add_ofrep(app, backend)
     async def document(request: web.Request) -> web.Response:
         return web.json_response(openapi.DOCUMENT)
 
+    async def explain_route(request: web.Request) -> web.Response:
+        host, probe = changes.explain_request(changes.parse_body(await request.read(), "Explain"))
+        return web.json_response(explain.explain(backend.routing_state(), host, probe))
+
+    async def flags(request: web.Request) -> web.Response:
+        return web.json_response({"generation": backend.routing_state().generation,
+                                  "flags": describe_flags(backend.routing_state())})
+
     app.router.add_get("/v1/state", state)
+    app.router.add_post("/v1/explain", explain_route)
+    app.router.add_get("/v1/flags", flags)
     app.router.add_get("/v1/openapi.json", document)
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/ready", ready)
@@ -176,50 +188,19 @@ def _add_changes(app: web.Application, control: Control, backend: AdminBackend) 
             return await changed(answer) if isinstance(answer, Entry) else web.json_response(answer)
         return handle
 
-    async def explain_route(request: web.Request) -> web.Response:
-        host, probe = changes.explain_request(changes.parse_body(await request.read(), "Explain"))
-        return web.json_response(explain.explain(backend.routing_state(), host, probe))
-
-    async def flags(request: web.Request) -> web.Response:
-        return web.json_response({"generation": backend.routing_state().generation,
-                                  "flags": describe_flags(backend.routing_state())})
-
-    @web.middleware
-    async def change_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ChangeError as exc:
-            return error(exc.status, exc.message, field=exc.field)
-
-    app.middlewares.append(change_errors)
     for route in changes.ROUTES:
         app.router.add_route(route.method, route.path, serve(route))
-    app.router.add_post("/v1/explain", explain_route)
-    app.router.add_get("/v1/flags", flags)
 
 
-def _refuse_changes(app: web.Application, controller: str, backend: AdminBackend) -> None:
+def _refuse_changes(app: web.Application, controller: str) -> None:
     """A managed proxy: its routing is the controller's to change."""
 
     async def refuse(request: web.Request) -> web.Response:
         return error(409, f"this proxy's routing is managed by the controller at {controller}: change it there",
                      field="controller", controller=controller)
 
-    async def explain_route(request: web.Request) -> web.Response:
-        try:
-            host, probe = changes.explain_request(changes.parse_body(await request.read(), "Explain"))
-        except ChangeError as exc:
-            return error(exc.status, exc.message, field=exc.field)
-        return web.json_response(explain.explain(backend.routing_state(), host, probe))
-
-    async def flags(request: web.Request) -> web.Response:
-        return web.json_response({"generation": backend.routing_state().generation,
-                                  "flags": describe_flags(backend.routing_state())})
-
     for route in changes.ROUTES:
         app.router.add_route(route.method, route.path, refuse)
-    app.router.add_post("/v1/explain", explain_route)
-    app.router.add_get("/v1/flags", flags)
 
 
 # ----------------------------------------------------------------------------------------------- OFREP

@@ -38,10 +38,6 @@ class Control(Writer):
             log.info("removed %s, left by a write that never finished", left.name)
         return super().boot(statefile.read(self.state_path), who)
 
-    def reload_file(self, who: str = "signal") -> Any:
-        """SIGHUP (or ``POST /v1/reload``)."""
-        return self.reload(who)
-
     def _read_file(self) -> Any:
         """The file's document, validated on its own (with its certificate files)."""
         try:

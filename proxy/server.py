@@ -157,7 +157,7 @@ async def _until_stopped(origin: Control | Follower, receivers: str) -> None:
             task.add_done_callback(reloads.discard)
             return
         try:
-            entry = origin.reload_file()
+            entry = origin.reload("signal")
         except ChangeError as exc:
             log.error("reload refused, still serving generation %d: %s", origin.generation,
                       ": ".join(part for part in (origin.source, exc.field, exc.message) if part))

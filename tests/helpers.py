@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
 import yaml
 
 
@@ -91,3 +92,14 @@ class RawUpstream:
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
+
+
+async def picks(port: int, users: range) -> dict[str, str]:
+    """The version each user ``u<i>`` (header X-User) gets through the proxy on ``port``."""
+    seen = {}
+    async with aiohttp.ClientSession() as session:
+        for i in users:
+            async with session.get(f"http://127.0.0.1:{port}/", headers={"X-User": f"u{i}"}) as response:
+                assert response.status == 200, await response.text()
+                seen[f"u{i}"] = response.headers["X-Version"]
+    return seen

@@ -61,8 +61,9 @@ class Writer:
         its tables planned from the saved ones, persisted before anything serves it (``ConfigError``,
         or ``ChangeError`` 507)."""
         self.desired = Desired.restored(saved, self.read_source())
-        config = self.validate(self.desired.document())
-        return config, self._commit_valid(who, "start", self.desired.overlay, config, None)
+        document = self.desired.document()
+        config = self.validate(document)
+        return config, self._commit_valid(who, "start", self.desired.overlay, config, document, None)
 
     def change(self, who: str, what: str, make: Callable[[Any, Overlay], Overlay],
                if_match: int | None = None) -> Entry:
@@ -71,7 +72,7 @@ class Writer:
 
     def preview(self, make: Callable[[Any, Overlay], Overlay]) -> routing.RoutingState:
         """The snapshot a change would produce, without applying it (dry runs)."""
-        config = self._validated(make(self.desired.document(), self.desired.overlay))
+        config, _ = self._validated(make(self.desired.document(), self.desired.overlay))
         return routing.build(config, self.generation + 1, routing.plan(config, self.desired.tables))
 
     def rollback(self, who: str, generation: int, if_match: int | None = None) -> Entry:
@@ -118,20 +119,22 @@ class Writer:
 
     # -- internals
 
-    def _validated(self, changes: Overlay) -> Config:
+    def _validated(self, changes: Overlay) -> tuple[Config, Any]:
+        """The config of ``changes`` over the source, and its effective document."""
+        document = self.desired.document(changes)
         try:
-            return self.validate(self.desired.document(changes))
+            return self.validate(document), document
         except ConfigError as exc:
             raise ChangeError(422, exc.message, exc.path) from None
 
     def _commit(self, who: str, what: str, changes: Overlay, plan_from: buckets.Tables | None = None) -> Entry:
-        self._commit_valid(who, what, changes, self._validated(changes), plan_from)
+        config, document = self._validated(changes)
+        self._commit_valid(who, what, changes, config, document, plan_from)
         return self.desired.history[-1]
 
-    def _commit_valid(self, who: str, what: str, changes: Overlay, config: Config,
+    def _commit_valid(self, who: str, what: str, changes: Overlay, config: Config, document: Any,
                       plan_from: buckets.Tables | None) -> Snapshot:
         """Persist, then keep, then ship. Nothing changes unless the state was written."""
-        document = self.desired.document(changes)
         desired, entry, snapshot = self.desired.commit(who, what, changes, config, document, self.clock(), plan_from)
         try:
             self.persist(desired.saved())

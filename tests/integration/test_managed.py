@@ -22,6 +22,7 @@ import yaml
 from proxy.core import wire
 
 from ..conftest import ProxyProcess
+from ..helpers import picks
 from .test_controller import Controller, controller_config
 
 
@@ -68,16 +69,6 @@ async def fleet(upstreams: Any, tmp_path: Path) -> AsyncIterator[Setup]:
     setup = Setup(tmp_path, v1.address, v2.address)
     yield setup
     setup.stop()
-
-
-async def picks(port: int, users: range) -> dict[str, str]:
-    seen = {}
-    async with aiohttp.ClientSession() as session:
-        for i in users:
-            async with session.get(f"http://127.0.0.1:{port}/", headers={"X-User": f"u{i}"}) as response:
-                assert response.status == 200, await response.text()
-                seen[f"u{i}"] = response.headers["X-Version"]
-    return seen
 
 
 async def until(check: Any, seconds: float = 15) -> None:

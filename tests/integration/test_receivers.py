@@ -14,7 +14,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from proxy.channel import Channel
@@ -23,7 +22,7 @@ from proxy.core.hashing import Bucketer
 from proxy.core.reader import from_document
 from proxy.worker import Worker
 
-from ..helpers import service
+from ..helpers import picks, service
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,15 +64,6 @@ def worker_process() -> Iterator[tuple[socket.socket, socket.socket, subprocess.
     listener.close()
 
 
-async def served(port: int, users: range) -> dict[str, str]:
-    seen = {}
-    async with aiohttp.ClientSession() as session:
-        for i in users:
-            async with session.get(f"http://127.0.0.1:{port}/", headers={"X-User": f"u{i}"}) as response:
-                seen[f"u{i}"] = response.headers["X-Version"]
-    return seen
-
-
 def expected(snapshot: wire.Snapshot, users: range) -> dict[str, str]:
     """Where the writer's tables put each user: owners[H(salt, key)]."""
     owners = snapshot.tables[("shop", "default")].owners
@@ -92,7 +82,7 @@ async def test_a_worker_that_refused_catches_up_with_the_writers_tables(upstream
     first = writer.next(document(v1.address, v2.address, {"v1": 90, "v2": 10}))
     channel.send(first)
     assert await channel.receive() == wire.Ack(1)
-    assert await served(port, users) == expected(first, users)
+    assert await picks(port, users) == expected(first, users)
 
     # The writer moves on (70/30) with a version whose CA file this worker cannot read: it refuses,
     # says why, and keeps serving generation 1.
@@ -100,7 +90,7 @@ async def test_a_worker_that_refused_catches_up_with_the_writers_tables(upstream
     channel.send(second)
     answer = await channel.receive()
     assert isinstance(answer, wire.Refused) and answer.generation == 2 and "gone.pem" in answer.reason
-    assert await served(port, users) == expected(first, users)
+    assert await picks(port, users) == expected(first, users)
 
     # Generation 3 was planned from generation 2's tables (which the worker never held). A worker that
     # rebalanced by itself would rebalance from generation 1's and land users elsewhere; it must serve
@@ -110,7 +100,7 @@ async def test_a_worker_that_refused_catches_up_with_the_writers_tables(upstream
     assert from_one != third.tables[("shop", "default")].owners  # the two histories really differ
     channel.send(third)
     assert await channel.receive() == wire.Ack(3)
-    assert await served(port, users) == expected(third, users)
+    assert await picks(port, users) == expected(third, users)
 
 
 async def test_a_snapshot_whose_tables_do_not_fit_is_refused_and_changes_nothing() -> None:
