@@ -25,8 +25,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-__all__ = ["FLAGS", "ChangeError", "delete_flag", "diff", "merge", "pin", "replace_rules", "reset", "set_flag",
-           "set_flag_enabled", "set_flag_rollout", "set_version", "set_weights", "shadows"]
+__all__ = ["FLAGS", "ChangeError", "delete_flag", "diff", "merge", "pin", "replace_rules", "reset", "rules_of",
+           "set_flag", "set_flag_enabled", "set_flag_rollout", "set_version", "set_weights", "shadows"]
 
 FLAGS = "@flags"  # the overlay's flags (no service name can start with '@'): key -> flag document or None
 
@@ -46,7 +46,7 @@ class ChangeError(Exception):
         self.field = field
 
 
-def _rules(service: dict[str, Any]) -> list[Any]:
+def rules_of(service: dict[str, Any]) -> list[Any]:
     """A service's rules, turning the service-level shorthand into its one default rule."""
     if "rules" in service:
         return list(service["rules"])
@@ -158,7 +158,7 @@ def _service(effective: Document, name: str) -> dict[str, Any]:
 def set_weights(effective: Document, overlay: Overlay, service: str, rule: str,
                 weights: dict[str, int]) -> Overlay:
     """Give a split rule new weights (validated later, with the whole config)."""
-    rules = copy.deepcopy(_rules(_service(effective, service)))
+    rules = copy.deepcopy(rules_of(_service(effective, service)))
     for index, entry in enumerate(rules):
         default_name = "default" if index == len(rules) - 1 else f"rule-{index}"  # as config names them
         if isinstance(entry, dict) and entry.get("name", default_name) == rule:
