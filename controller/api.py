@@ -24,27 +24,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from jsonschema import Draft7Validator
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from controller.engine.rollout import Command
 from proxy.core import changes, explain, routing, tokens, wire
 from proxy.core.history import Entry
 from proxy.core.overlay import ChangeError
 from proxy.core.views import describe, describe_flags
 from proxy.core.writer import Writer
 
-from .openapi import DOCUMENT
+from .openapi import COMMANDS, DOCUMENT, ROLLOUT_START
 from .proxies import LIVE_FOR, Proxies
+from .rollouts import Book
 
 __all__ = ["CONVERGE_TIMEOUT", "Fleet", "make_app"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 CONVERGE_TIMEOUT = 10.0
+_START = Draft7Validator(ROLLOUT_START)
 WATCH_WAIT, WATCH_WAIT_MAX = 30.0, 60.0
 
 
@@ -59,6 +64,8 @@ class Fleet:
         self.changed = asyncio.Event()
         self.polled = asyncio.Event()  # set whenever a proxy says what it serves
         self.applied = 0  # generations shipped since start (a metric)
+        self.on_poll: Callable[[], None] = lambda: None  # the rollouts' wake-up: new counts arrived
+        self.report_every: Callable[[], float | None] = lambda: None  # how soon a watch answers, to get reports
 
     def apply(self, config: Any, snapshot: wire.Snapshot) -> None:
         self.state = routing.build(config, snapshot.generation, snapshot.tables)
@@ -77,6 +84,7 @@ class Fleet:
     def poll_started(self, poll: wire.Poll, peer: str) -> Any:
         seen = self.proxies.poll_started(poll, peer, self.now())
         self.polled.set()
+        self.on_poll()
         return seen
 
     async def converge(self, generation: int, timeout: float) -> list[dict[str, Any]]:
@@ -94,8 +102,9 @@ def error(status: int, message: str, **details: Any) -> web.Response:
     return web.json_response({"error": message, **details}, status=status)
 
 
-def make_app(writer: Writer, fleet: Fleet, token: str) -> web.Application:
+def make_app(writer: Writer, fleet: Fleet, token: str, book: Book | None = None) -> web.Application:
     expected = token.encode()
+    rollouts = book if book is not None else Book(writer, fleet.proxies, time.time, lambda data: None, "<none>")
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -125,8 +134,10 @@ def make_app(writer: Writer, fleet: Fleet, token: str) -> web.Application:
 
     def serve(route: changes.Route) -> Handler:
         async def handle(request: web.Request) -> web.Response:
-            answer = route.run(writer, changes.call(route, request.match_info, await request.read(),
-                                                    request.headers, request.query, "controller-api"))
+            call = changes.call(route, request.match_info, await request.read(), request.headers, request.query,
+                                "controller-api")
+            _refuse_under_rollout(rollouts, route, call)
+            answer = route.run(writer, call)
             return await changed(answer) if isinstance(answer, Entry) else web.json_response(answer)
         return handle
 
@@ -155,6 +166,7 @@ def make_app(writer: Writer, fleet: Fleet, token: str) -> web.Application:
             wait = min(float(request.query.get("wait", WATCH_WAIT)), WATCH_WAIT_MAX)
         except ValueError:
             raise ChangeError(400, "wait is a number of seconds", "wait") from None
+        wait = min(wait, fleet.report_every() or wait)  # while a rollout runs, proxies report this often
         peer = request.transport.get_extra_info("peername") if request.transport else None
         seen = fleet.poll_started(poll, f"{peer[0]}:{peer[1]}" if peer else "")
         try:
@@ -174,9 +186,34 @@ def make_app(writer: Writer, fleet: Fleet, token: str) -> web.Application:
         finally:
             fleet.proxies.poll_ended(seen, fleet.now())
 
+    async def rollout_list(request: web.Request) -> web.Response:
+        return web.json_response({"rollouts": [rollouts.view(r) for r in rollouts.rollouts.values()],
+                                  "specs": sorted(rollouts.specs)})
+
+    async def rollout_start(request: web.Request) -> web.Response:
+        body = changes.parse_body(await request.read(), _START)
+        who = request.headers.get("X-Turnout-Actor", "controller-api")[:100]
+        started = rollouts.start(body["service"], body["to"], body.get("endpoints"), body.get("spec"), who)
+        await fleet.converge(writer.generation, CONVERGE_TIMEOUT)
+        return web.json_response(rollouts.view(rollouts.get(started.service)), status=201)
+
+    async def rollout_status(request: web.Request) -> web.Response:
+        found = rollouts.get(request.match_info["service"])
+        return web.json_response(rollouts.view(found, history=request.path.endswith("/history")))
+
+    async def rollout_command(request: web.Request) -> web.Response:
+        name = request.match_info["command"]
+        if name not in COMMANDS:
+            raise ChangeError(404, f"no rollout command {name!r} (commands: {', '.join(COMMANDS)})", "command")
+        await request.read()
+        who = request.headers.get("X-Turnout-Actor", "controller-api")[:100]
+        changed = rollouts.command(request.match_info["service"], Command(name), who)
+        await fleet.converge(writer.generation, CONVERGE_TIMEOUT)
+        return web.json_response(rollouts.view(rollouts.get(changed.service)))
+
     async def metrics(request: web.Request) -> web.Response:
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Metrics(writer, fleet))
+        registry.register(_Metrics(writer, fleet, rollouts))
         return web.Response(body=generate_latest(registry), headers={"Content-Type": "text/plain; version=0.0.4"})
 
     async def ready(request: web.Request) -> web.Response:
@@ -192,6 +229,11 @@ def make_app(writer: Writer, fleet: Fleet, token: str) -> web.Application:
     app.router.add_get("/v1/state", state_view)
     app.router.add_get("/v1/flags", flags)
     app.router.add_get("/v1/proxies", proxies)
+    app.router.add_get("/v1/rollouts", rollout_list)
+    app.router.add_post("/v1/rollouts", rollout_start)
+    app.router.add_get("/v1/rollouts/{service}", rollout_status)
+    app.router.add_get("/v1/rollouts/{service}/history", rollout_status)
+    app.router.add_post("/v1/rollouts/{service}/{command}", rollout_command)
     app.router.add_get("/v1/watch", watch)
     app.router.add_post("/v1/watch", watch)
     app.router.add_get("/metrics", metrics)
@@ -221,11 +263,32 @@ async def _poll_of(request: web.Request) -> wire.Poll:
     return wire.Poll(proxy, "", int(generation), 0, "", {})
 
 
+def _refuse_under_rollout(rollouts: Book, route: changes.Route, call: changes.Call) -> None:
+    """A rollout owns its service's rules: hand edits, a rollback or a reset of it would fight the
+    rollout, so they wait until it ends (or is aborted). Versions (endpoints) stay editable."""
+    if route.method == "GET":
+        return
+    service = call.params.get("service")
+    if route.path.startswith("/v1/services/{service}/rules") and service is not None:
+        held = rollouts.active(service)
+    elif route.path == "/v1/rollback":
+        held = rollouts.active()
+    elif route.path == "/v1/reset":
+        services, _ = changes.reset_request(call.body)
+        held = [r for r in rollouts.active() if services is None or r.service in services]
+    else:
+        return
+    if held:
+        names = ", ".join(f"{r.id} of {r.service} ({r.phase.value})" for r in held)
+        raise ChangeError(409, f"a rollout owns this routing: {names}; use turnout rollout promote, pause or "
+                          "abort", "service")
+
+
 class _Metrics:
     """The controller's own numbers, read at scrape time."""
 
-    def __init__(self, writer: Writer, fleet: Fleet) -> None:
-        self.writer, self.fleet = writer, fleet
+    def __init__(self, writer: Writer, fleet: Fleet, rollouts: Book) -> None:
+        self.writer, self.fleet, self.rollouts = writer, fleet, rollouts
 
     def collect(self) -> list[Metric]:
         now = self.fleet.now()
@@ -241,4 +304,16 @@ class _Metrics:
             lag.add_metric([status["proxy"]], status["lag"])
         applied = CounterMetricFamily("turnout_controller_changes", "Generations made since the controller started.")
         applied.add_metric([], self.fleet.applied)
-        return [generation, live, lag, applied]
+        info = GaugeMetricFamily("turnout_rollout_info", "Each service's latest rollout, by phase (1).",
+                                 labels=["service", "rollout", "phase"])
+        weight = GaugeMetricFamily("turnout_rollout_weight", "The percent of a service's split each version of its "
+                                   "rollout is given.", labels=["service", "version"])
+        for rollout in self.rollouts.rollouts.values():
+            info.add_metric([rollout.service, rollout.id, rollout.phase.value], 1)
+            for version, ppm in rollout.route.weights:
+                weight.add_metric([rollout.service, version], ppm / 10_000)
+        measured = CounterMetricFamily("turnout_analysis_measurements", "Analysis measurements since the controller "
+                                       "started, by result.", labels=["service", "metric", "result"])
+        for (service, metric, result), count in sorted(self.rollouts.measured.items()):
+            measured.add_metric([service, metric, result], count)
+        return [generation, live, lag, applied, info, weight, measured]

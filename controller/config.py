@@ -6,6 +6,8 @@
       state_file: controller.state.json # default, beside the config
     services: {...}                     # exactly the proxy's schema
     flags: {...}
+    templates: {...}                    # analysis templates (controller.engine.spec)
+    rollouts: {...}                     # rollout specs by service, started with `turnout rollout start`
 
 The routing document is validated by the same core reader as a proxy's file, so errors name the file
 and the field the same way. A non-loopback ``listen`` needs an explicit token, as the proxy's admin API.
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from controller.engine.spec import compile_spec, read_templates
 from proxy.core.model import Config, ConfigError, Endpoint
 from proxy.core.reader import Reader, from_document, is_loopback, read_document
 
@@ -38,6 +41,8 @@ class ControllerConfig:
     source: str
     settings: Settings
     document: Any  # the routing document: {"services": ..., "flags": ...}
+    rollouts: dict[str, Any]  # rollout specs by service (raw, each checked)
+    templates: dict[str, Any]  # analysis templates by name (raw, each checked)
 
 
 def routing_document(raw: Any) -> Any:
@@ -54,7 +59,7 @@ def parse(text: str, source: str) -> ControllerConfig:
     raw = read_document(text, source)
     reader = Reader(source)
     reader.unicode(raw, "")
-    top = reader.mapping(raw, "", {"controller", *ROUTING})
+    top = reader.mapping(raw, "", {"controller", "rollouts", "templates", *ROUTING})
     section = reader.mapping(top.get("controller"), "controller", {"listen", "token_file", "token_env", "state_file"})
     listen = reader.endpoint(section.get("listen", "127.0.0.1:9911"), "controller.listen")
     if "token_file" in section and "token_env" in section:
@@ -69,8 +74,15 @@ def parse(text: str, source: str) -> ControllerConfig:
         reader.file(section.get("state_file", "controller.state.json"), "controller.state_file"),
     )
     document = routing_document(dict(top))
-    validate(document, source)
-    return ControllerConfig(source, settings, document)
+    config = validate(document, source)
+    templates = read_templates(reader, top.get("templates"))
+    rollouts = dict(reader.mapping(top.get("rollouts"), "rollouts"))
+    services = {service.name for service in config.services}
+    for name, spec in rollouts.items():
+        if name not in services:
+            raise reader.fail(f"rollouts.{name}", f"no service {name!r} (services: {', '.join(sorted(services))})")
+        compile_spec(reader, spec, f"rollouts.{name}", templates)
+    return ControllerConfig(source, settings, document, rollouts, templates)
 
 
 def load(path: str | Path) -> ControllerConfig:

@@ -37,3 +37,35 @@ DOCUMENT["paths"].update({
                                "204": {"description": "nothing newer within `wait`"}, **_ERRORS}},
     },
 })
+
+ROLLOUT_START: dict[str, Any] = {
+    "type": "object", "required": ["service", "to"], "additionalProperties": False,
+    "properties": {
+        "service": {"type": "string", "minLength": 1, "maxLength": 63},
+        "to": {"type": "string", "minLength": 1, "maxLength": 63},
+        "endpoints": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+        "spec": {"type": "object", "description": "a rollout spec (the config's rollouts.<service> syntax); "
+                                                  "default: the controller config's spec for the service"},
+    },
+}
+COMMANDS = ("pause", "resume", "promote", "promote-full", "abort", "retry", "undo")
+_SERVICE = {"name": "service", "in": "path", "required": True, "schema": {"type": "string"}}
+_ANSWER = {"200": {"description": "the rollout", "content": _OBJECT}, "404": {"description": "no such rollout",
+                                                                             "content": _OBJECT},
+           "409": {"description": "not in this phase", "content": _OBJECT}, **_ERRORS}
+DOCUMENT["components"]["schemas"]["RolloutStart"] = ROLLOUT_START
+DOCUMENT["paths"].update({
+    "/v1/rollouts": {
+        "get": {"summary": "every service's latest rollout", "responses": {"200": {"description": "ok",
+                                                                                   "content": _OBJECT}, **_ERRORS}},
+        "post": {"summary": "start a rollout", "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/RolloutStart"}}}}, "responses": {
+                "201": {"description": "started", "content": _OBJECT}, **_ANSWER}},
+    },
+    "/v1/rollouts/{service}": {"get": {"summary": "a rollout's status", "parameters": [_SERVICE],
+                                       "responses": _ANSWER}},
+    "/v1/rollouts/{service}/history": {"get": {"summary": "a rollout's transitions", "parameters": [_SERVICE],
+                                               "responses": _ANSWER}},
+    **{f"/v1/rollouts/{{service}}/{name}": {"post": {"summary": f"{name} the rollout", "parameters": [_SERVICE],
+                                                     "responses": _ANSWER}} for name in COMMANDS},
+})

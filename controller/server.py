@@ -4,6 +4,7 @@ before it serves), serve the API, reload the config file on SIGHUP, stop on SIGT
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
@@ -22,6 +23,7 @@ from proxy.core.writer import Writer
 
 from . import config as config_module
 from .api import Fleet, make_app
+from .rollouts import Book
 from .store import Locked, Store
 
 __all__ = ["serve"]
@@ -56,17 +58,28 @@ def serve(config_path: str) -> int:
     def validate(document: Any) -> Config:
         return config_module.validate(document, loaded.source)
 
-    writer = Writer(Path(config_path).name, read_source, validate, store.write, time.time)
+    book: list[Book] = []  # the rollouts, made on the loop; their state is written with every generation
+
+    def persist(data: dict[str, Any]) -> None:
+        book[0].persist_routing(data) if book else store.write(data)
+
+    writer = Writer(Path(config_path).name, read_source, validate, persist, time.time)
     try:
-        return uvloop.run(_run(writer, store, loaded, token))
+        return uvloop.run(_run(writer, store, loaded, token, book))
     finally:
         store.unlock()
 
 
-async def _run(writer: Writer, store: Store, loaded: config_module.ControllerConfig, token: str) -> int:
+async def _run(writer: Writer, store: Store, loaded: config_module.ControllerConfig, token: str,
+               book: list[Book]) -> int:
     fleet = Fleet()
+    rollouts = Book(writer, fleet.proxies, time.time, store.write, loaded.source)
+    rollouts.configure(loaded.rollouts, loaded.templates)
     try:
-        config, snapshot = writer.boot(store.read(), "controller")
+        saved = store.read()
+        rollouts.restore(saved)
+        book.append(rollouts)
+        config, snapshot = writer.boot(saved, "controller")
     except (ConfigError, ChangeError) as exc:
         print(f"turnout controller: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2
@@ -77,7 +90,9 @@ async def _run(writer: Writer, store: Store, loaded: config_module.ControllerCon
     writer.apply = fleet.apply
     # handler_cancellation: a watch whose proxy went away (killed, partitioned) ends at once, so that
     # proxy stops counting as live LIVE_FOR seconds later rather than when its poll would have ended.
-    runner = web.AppRunner(make_app(writer, fleet, token), access_log=None, handler_cancellation=True)
+    fleet.report_every = rollouts.report_every
+    fleet.on_poll = rollouts.woken.set
+    runner = web.AppRunner(make_app(writer, fleet, token, rollouts), access_log=None, handler_cancellation=True)
     await runner.setup()
     listen = loaded.settings.listen
     try:
@@ -99,15 +114,24 @@ async def _run(writer: Writer, store: Store, loaded: config_module.ControllerCon
             log.error("reload refused, still serving generation %d: %s", writer.generation,
                       ": ".join(part for part in (loaded.source, exc.field, exc.message) if part))
             return
+        try:
+            again = config_module.load(loaded.source)
+            rollouts.configure(again.rollouts, again.templates)
+        except ConfigError as exc:  # the routing was read a moment ago; this is a race with an editor
+            log.error("reload: rollout specs unchanged: %s", exc)
         log.info("reloaded %s: generation %d", loaded.source, entry.generation)
 
     loop = asyncio.get_running_loop()
+    advancing = loop.create_task(rollouts.run())
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGHUP, reload)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     await stop.wait()
     log.info("controller stopping")
+    advancing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await advancing
     fleet.close()
     await runner.cleanup()
     return 0

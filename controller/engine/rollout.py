@@ -40,13 +40,13 @@ from typing import Any
 
 from proxy.core.reader import Reader
 
-from .analysis import Measurement, Run, Verdict, start_run, tick, verdict
+from .analysis import Measurement, Metric, Run, Verdict, start_run, tick, verdict
 from .counts import Sample
 from .route import PPM, Route
 from .spec import Analysis, Pause, SetHeaderRoute, SetWeight, Spec, Step, Webhook, compile_spec, step_text
 
 __all__ = ["ACTIVE", "TRANSITIONS", "Action", "CallGate", "Command", "Measured", "Notify", "Observation", "Phase",
-           "Publish", "Rollout", "RolloutError", "Transition", "advance", "command", "restarted", "start"]
+           "Publish", "Rollout", "RolloutError", "Transition", "advance", "command", "due", "restarted", "start"]
 
 HISTORY = 200  # transitions kept per rollout
 
@@ -279,6 +279,14 @@ def command(rollout: Rollout, cmd: Command, who: str, now: float) -> tuple[Rollo
         return _moved(changed, rollout, who, now, f"retried by {who}: from step 0", actions), actions
     changed = replace(rollout, phase=target, warm_until=None)  # UNDO
     return _moved(changed, rollout, who, now, f"undone by {who}: back to {rollout.stable}", actions), actions
+
+
+def due(rollout: Rollout, now: float) -> list[Metric]:
+    """The metrics of an external source (prometheus, web) whose window ends by ``now``: the shell
+    reads their numbers before it calls ``advance`` (``Observation.values``)."""
+    return [entry.metric for run in (rollout.run, rollout.background) if run is not None and rollout.active
+            for entry in run.metrics
+            if entry.metric.source != "proxies" and entry.ends_at is not None and now >= entry.ends_at]
 
 
 def restarted(rollout: Rollout) -> Rollout:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["COHORT_PREFIX", "PPM", "Route", "rules_for"]
+__all__ = ["COHORT_PREFIX", "PPM", "Route", "rules_for", "stable_of"]
 
 PPM = 1_000_000  # weights are parts per million: a 0.01 % canary is 100
 COHORT_PREFIX = "rollout-"
@@ -60,3 +60,17 @@ def rules_for(rules: list[Any], route: Route) -> list[Any]:
     cohorts = [{"name": COHORT_PREFIX + name, "match": copy.deepcopy(dict(match)), "version": route.target}
                for name, match in route.cohorts]
     return [*cohorts, *mine]
+
+
+def stable_of(rules: list[Any]) -> str | None:
+    """The version a service serves now: its default rule's version, or the heaviest of its split
+    (the first of equals). None if the rules have no default to read."""
+    default = rules[-1] if rules and isinstance(rules[-1], dict) else None
+    if default is None:
+        return None
+    if isinstance(default.get("version"), str):
+        return str(default["version"])
+    split = default.get("split")
+    if not isinstance(split, dict) or not split:
+        return None
+    return str(max(split, key=lambda version: (split[version], -list(split).index(version))))

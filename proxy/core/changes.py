@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from jsonschema import Draft7Validator
+
 from . import explain, overlay
 from .history import Entry
 from .match import Request
@@ -65,15 +67,17 @@ _VALIDATORS = {name: validator(name) for name in
                ("Weights", "Rules", "Version", "Rollback", "Reset", "Explain", "Flag", "Rollout")}
 
 
-def parse_body(text: str | bytes, schema: str) -> dict[str, Any]:
-    """A JSON object checked against the schema the OpenAPI document publishes for it."""
+def parse_body(text: str | bytes, schema: str | Draft7Validator) -> dict[str, Any]:
+    """A JSON object checked against the schema the OpenAPI document publishes for it (by name, or the
+    validator of another document's schema)."""
     try:
         data = strict_json(text)
     except ValueError as exc:
         raise ChangeError(400, f"the body must be JSON: {exc}", "body") from None
     if not isinstance(data, dict):
         raise ChangeError(400, "the body must be a JSON object", "body")
-    problem = next(iter(sorted(_VALIDATORS[schema].iter_errors(data), key=lambda e: list(e.absolute_path))), None)
+    checker = _VALIDATORS[schema] if isinstance(schema, str) else schema
+    problem = next(iter(sorted(checker.iter_errors(data), key=lambda e: list(e.absolute_path))), None)
     if problem is not None:
         where = ".".join(str(part) for part in problem.absolute_path)
         if problem.validator == "required":

@@ -38,10 +38,12 @@ def managed_config(url: str, token_file: Path, name: str) -> str:
 
 
 class Setup:
-    def __init__(self, tmp_path: Path, v1: str, v2: str) -> None:
+    def __init__(self, tmp_path: Path, v1: str, v2: str, weights: dict[str, int] | None = None,
+                 **extra: Any) -> None:
+        """``extra``: more top-level sections of the controller's config (rollouts, templates)."""
         self.tmp_path = tmp_path
         self.port = free_port()
-        document = controller_config({"v1": 90, "v2": 10})
+        document = {**controller_config(weights or {"v1": 90, "v2": 10}), **extra}
         document["controller"] = {"listen": f"127.0.0.1:{self.port}"}
         document["services"]["shop"]["versions"] = {"v1": [v1], "v2": [v2]}
         (tmp_path / "controller.yaml").write_text(yaml.safe_dump(document))

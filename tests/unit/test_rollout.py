@@ -28,7 +28,7 @@ from controller.engine.rollout import (
     start,
 )
 from controller.engine.route import PPM, Route
-from controller.engine.spec import Spec, compile_spec
+from controller.engine.spec import SetWeight, Spec, compile_spec
 from proxy.core.model import ConfigError
 from proxy.core.reader import Reader
 from proxy.core.stats import LATENCY_BOUNDS
@@ -194,7 +194,7 @@ def test_webhook_gates_pass_or_abort_after_their_retries() -> None:
     assert again and again[0].key != calls[0].key
     f.gates[again[0].key] = (False, "500")
     f.tick()
-    assert f.rollout.phase is Phase.ABORTED and "failed 2/2: 500" in f.rollout.reason
+    assert f.rollout.phase.value == "Aborted" and "failed 2/2: 500" in f.rollout.reason
     ok = fleet(raw)
     ok.tick()
     key = next(a for a in ok.tick() if isinstance(a, CallGate)).key
@@ -312,7 +312,7 @@ def test_a_restart_at_any_tick_resumes_where_it_was() -> None:
 
 def test_twenty_healthy_canaries_no_false_rollback() -> None:
     for seed in range(20):
-        f = fleet({**CANARY, "steps": CANARY["steps"][:-1]})  # no manual pause: runs to the end
+        f = fleet({**CANARY, "steps": list(CANARY["steps"])[:-1]})  # no manual pause
         f.rng = random.Random(seed)
         f.run_until({Phase.SUCCEEDED, Phase.ABORTED}, requests=200, canary_errors=0.001)
         assert f.rollout.phase is Phase.SUCCEEDED, (seed, f.rollout.reason)
@@ -341,7 +341,7 @@ def test_bad_specs_name_the_field(raw: dict[str, Any], field: str) -> None:
 
 def test_specs_compile_and_keep_what_they_use() -> None:
     compiled = spec()
-    assert compiled.steps[-1] == replace(compiled.steps[1], ppm=PPM)  # the final 100 % is added
+    assert compiled.steps[-1] == SetWeight(PPM) and compiled.steps[1] == SetWeight(100_000)  # 100 % added at the end
     assert set(compiled.raw["templates"]) == {"errors"}
     again = compile_spec(Reader("state.json"), compiled.raw, "rollouts.demo")  # no config templates needed
     assert again == replace(compiled, raw=again.raw) and again.raw == compiled.raw
