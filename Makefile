@@ -12,13 +12,15 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 # The whole demo: the controller, then a proxy that follows it (config/edge.yaml, which also starts the
-# demo upstreams). Ctrl-C stops both; if either exits, the other is stopped too.
+# demo upstreams), and a small load of sticky users (50 requests a second, for at most an hour) so that
+# rollout analysis has requests to judge. Ctrl-C stops everything; if one exits, the others stop too.
 run: $(BIN)/.installed
-	@trap 'kill -TERM $$controller $$proxy 2>/dev/null; wait' INT TERM; \
+	@trap 'kill -TERM $$controller $$proxy $$load 2>/dev/null; wait' INT TERM; \
 	$(BIN)/turnout controller --config config/controller.yaml & controller=$$!; \
 	for i in $$(seq 100); do [ -s config/controller.token ] && break; sleep 0.1; done; \
 	$(BIN)/turnout proxy --config config/edge.yaml & proxy=$$!; \
-	wait -n; kill -TERM $$controller $$proxy 2>/dev/null; wait
+	$(BIN)/python -m proxy.demo --load http://127.0.0.1:8080/ 3600 & load=$$!; \
+	wait -n $$controller $$proxy; kill -TERM $$controller $$proxy $$load 2>/dev/null; wait
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check proxy controller tests benchmarks

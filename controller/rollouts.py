@@ -169,14 +169,13 @@ class Book:
         versions = entry.get("versions") or {}
         if to not in versions and not endpoints:
             raise ChangeError(422, f"{service} has no version {to!r}: give its endpoints to add it", "endpoints")
-        others = [v for v, w in (rules[-1].get("split") or {}).items() if w and v not in (stable, to)]
-        if others:
-            raise ChangeError(409, f"{service} also splits to {', '.join(others)}: a rollout moves one stable version "
-                              "to one new one", "service")
         if stable == to:
             raise ChangeError(409, f"{service} already serves {to} as its stable version", "to")
         number = self.numbers.get(service, 0) + 1
         created = engine.start(f"{service}-{number}", service, stable, to, spec, who, self.clock())
+        others = [f"{v} ({w})" for v, w in (rules[-1].get("split") or {}).items() if w and v not in (stable, to)]
+        if others:  # a rollout moves one stable version to one new one: the rest of the split goes to stable
+            created = engine.note(created, who, self.clock(), f"{', '.join(others)} left the split for {stable}")
         add = None
         if endpoints:
             body = {"endpoints": list(endpoints)}
@@ -337,7 +336,7 @@ class Book:
         if rollout.warm_until is not None and rollout.phase is Phase.SUCCEEDED:
             view["warm_remaining"] = round(max(0.0, rollout.warm_until - now), 1)
         view["analysis"] = [_run_view(run, now) for run in (rollout.run, rollout.background) if run is not None]
-        if isinstance(current, Analysis) and rollout.run is None:
+        if isinstance(current, Analysis) and rollout.run is None and rollout.active:
             view["analysis"].append({"label": current.label, "metrics": []})
         if history:
             view["history"] = [{"at": _iso(t.at), "who": t.who, "phase": t.phase.value, "step": t.step, "why": t.why}

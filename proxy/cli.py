@@ -16,6 +16,7 @@
     turnout flags set KEY on=20 off=80                      change a flag's percentage rollout
     turnout flags set KEY --file FLAG.json                  create or replace a flag
     turnout flags enable|disable|kill KEY                   switch a flag (kill: off for everyone, now)
+    turnout rollout start|status|watch|list|history|pause|resume|promote|abort|retry|undo   (rolloutcli)
 
 The client commands talk to the controller (``--controller URL`` or TURNOUT_CONTROLLER_URL) or to a
 proxy's admin API (``--admin URL`` or TURNOUT_ADMIN_URL); with neither, to the demo's controller when
@@ -33,6 +34,7 @@ import sys
 from typing import Any
 
 from . import config as config_module
+from . import rolloutcli
 from .client import AdminClient, ClientError, resolve
 from .core.model import ConfigError
 
@@ -93,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     flags.add_argument("key", nargs="?")
     flags.add_argument("rollout", nargs="*", metavar="VARIANT=PERCENT")
     flags.add_argument("--file", help="a JSON file with the whole flag (the config's flag syntax)")
+    rolloutcli.add_parser(sub, client)
     args = parser.parse_args(argv)
 
     if args.command == "check":
@@ -123,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _client_command(args: argparse.Namespace) -> int:
     api = AdminClient(*resolve(args.admin, args.token, args.token_file, args.controller))
+    if args.command == "rollout":
+        return rolloutcli.run(api, args)
     answer: Any
     if args.command == "status":
         answer = api.call("GET", "/v1/state")

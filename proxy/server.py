@@ -226,7 +226,8 @@ def start_demo(config: Config) -> subprocess.Popen[bytes] | None:
     """The demo upstreams of the default config, as a child process Turnout owns."""
     if not config.demo:
         return None
-    args = [f"{app.version}={app.listen}" for app in config.demo]
+    args = [f"{app.version}={app.listen}" + (f"/{app.fail_percent}" if app.fail_percent else "")
+            for app in config.demo]
     process = subprocess.Popen([sys.executable, "-m", "proxy.demo", *args])
     deadline = time.monotonic() + 10
     waiting = list(config.demo)

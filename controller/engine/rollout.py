@@ -46,7 +46,8 @@ from .route import PPM, Route
 from .spec import Analysis, Pause, SetHeaderRoute, SetWeight, Spec, Step, Webhook, compile_spec, step_text
 
 __all__ = ["ACTIVE", "TRANSITIONS", "Action", "CallGate", "Command", "Measured", "Notify", "Observation", "Phase",
-           "Publish", "Rollout", "RolloutError", "Transition", "advance", "command", "due", "restarted", "start"]
+           "Publish", "Rollout", "RolloutError", "Transition", "advance", "command", "due", "note", "restarted",
+           "start"]
 
 HISTORY = 200  # transitions kept per rollout
 
@@ -241,6 +242,11 @@ def start(rollout_id: str, service: str, stable: str, canary: str, spec: Spec, w
         raise RolloutError(409, f"{service} already serves {canary} as its stable version")
     created = Rollout(rollout_id, service, stable, canary, spec, now)
     return _record(created, who, now, f"created: {stable} -> {canary} ({spec.strategy}, {len(spec.steps)} steps)")
+
+
+def note(rollout: Rollout, who: str, now: float, why: str) -> Rollout:
+    """A history entry that changes nothing else."""
+    return _record(rollout, who, now, why)
 
 
 def command(rollout: Rollout, cmd: Command, who: str, now: float) -> tuple[Rollout, list[Action]]:

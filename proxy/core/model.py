@@ -253,6 +253,7 @@ class AccessLog:
 class DemoApp:
     version: str
     listen: Endpoint
+    fail_percent: int = 0  # answers 500 to this share of requests (a bad release to roll back)
 
 
 @dataclass(frozen=True, slots=True)

@@ -335,9 +335,10 @@ class Reader:
         apps = []
         for i, item in enumerate(raw):
             where = f"{path}[{i}]"
-            entry = self.mapping(item, where, {"version", "listen"})
+            entry = self.mapping(item, where, {"version", "listen", "fail_percent"})
             version = self.name(entry.get("version"), _join(where, "version"), "version")
-            apps.append(DemoApp(version, self.endpoint(entry.get("listen"), _join(where, "listen"))))
+            fail = self.integer(entry.get("fail_percent", 0), _join(where, "fail_percent"), 0, 100)
+            apps.append(DemoApp(version, self.endpoint(entry.get("listen"), _join(where, "listen")), fail))
         return tuple(apps)
 
     def service(self, name: str, raw: Any, path: str) -> Service:
