@@ -41,13 +41,13 @@ from proxy.core.reader import Reader
 from proxy.core.writer import Writer
 
 from . import sources
-from .proxies import Proxies
+from .proxies import LIVE_FOR, Proxies
 
 __all__ = ["REPORT_EVERY", "Book"]
 
 log = logging.getLogger("turnout")
 
-REPORT_EVERY = 2.0  # seconds between a proxy's reports while a rollout runs (the watch answers that soon)
+REPORT_EVERY = 1.0  # seconds between a proxy's reports while a rollout runs (the watch answers that soon)
 TICK = 1.0  # the loop's longest sleep
 
 
@@ -71,11 +71,16 @@ class Book:
         self.session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._saved = ""
+        self.started = asyncio.get_running_loop().time()
+        self.expected: set[str] | None = set()  # the proxies to hear from before rollouts advance
 
     # -- persistence
 
     def saved(self) -> dict[str, Any]:
-        return {"rollouts": {service: r.saved() for service, r in self.rollouts.items()}, "numbers": self.numbers}
+        fleet = sorted(p.id for p in self.proxies.live(self._monotonic())) if self.expected is None else \
+            sorted(self.expected)
+        return {"rollouts": {service: r.saved() for service, r in self.rollouts.items()}, "numbers": self.numbers,
+                "fleet": fleet}
 
     def persist_routing(self, routing: dict[str, Any]) -> None:
         """The writer's persist: its state and the rollouts, in one write."""
@@ -84,6 +89,7 @@ class Book:
     def restore(self, saved: Mapping[str, Any] | None) -> None:
         data = (saved or {}).get("rollouts") or {}
         self.numbers = {str(k): int(v) for k, v in (data.get("numbers") or {}).items()}
+        self.expected = {str(p) for p in data.get("fleet", [])}
         for service, entry in (data.get("rollouts") or {}).items():
             try:
                 self.rollouts[service] = engine.restarted(Rollout.restored(entry, self.source))
@@ -234,7 +240,20 @@ class Book:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.woken.wait(), delay)
 
+    def settled(self) -> bool:
+        """Whether the controller knows its fleet: every proxy that was live when the state was last
+        written has polled again, or ``LIVE_FOR`` has passed since the start. Before that, "every live
+        proxy serves it" could be true of nobody, and a window's first sample would miss proxies."""
+        if self.expected is None:
+            return True
+        live = {p.id for p in self.proxies.live(self._monotonic())}
+        if self.expected <= live or self._monotonic() - self.started >= LIVE_FOR:
+            self.expected = None
+        return self.expected is None
+
     async def tick(self) -> float | None:
+        if not self.settled():
+            return None
         wakes = []
         for service, current in list(self.rollouts.items()):
             if not current.active and (current.phase is not Phase.SUCCEEDED or current.retired) \
@@ -299,7 +318,7 @@ class Book:
         document = self.writer.desired.document()
         service = (document.get("services") or {}).get(rollout.service)
         applied = None
-        if isinstance(service, dict):
+        if isinstance(service, dict) and self.settled():
             rules = overlay.rules_of(service)
             if rules_for(rules, rollout.route) == rules and not self.proxies.waiting_for(self.writer.generation,
                                                                                           self._monotonic()):

@@ -4,8 +4,10 @@ Every managed proxy reports, with each poll, its workers' cumulative counters pe
 (``proxy.core.stats``): responses by status class (index 0: aborted without a status), the latency
 histogram over ``LATENCY_BOUNDS`` and the latency sum. A ``Sample`` is one reading of them for one
 service, keyed by (source, version) where the source is one worker of one proxy ("edge-1/4711"), so
-that a window is the sum of per-source differences: a worker that restarted (its counters went down)
-counts from zero, as Prometheus's ``increase()`` does; a source new in the window counts whole.
+that a window is the sum of per-source differences: a worker whose counters went down (it restarted
+in place) counts from zero, as Prometheus's ``increase()`` does; a source that was not in the window's
+first sample (a new worker or proxy, or one the controller had not heard from since its own restart)
+counts from the next window on, since its counters hold requests from before the window.
 
 Pure: reported data in, numbers out.
 """
@@ -88,10 +90,14 @@ def _counts(entry: Mapping[str, Any]) -> Counts | None:
 
 
 def window(before: Sample, after: Sample) -> dict[str, Counts]:
-    """Per version, what the sources counted between two samples."""
+    """Per version, what the sources of ``before`` counted between two samples. A source's first
+    entry for a version counts from zero when the source itself was in ``before`` (its first request
+    to that version came in the window), and not at all when the source is new."""
+    sources = {source for source, _ in before}
     totals: dict[str, Counts] = {}
     for (source, version), now in after.items():
-        totals[version] = totals.get(version, EMPTY) + now.since(before.get((source, version), EMPTY))
+        if source in sources:
+            totals[version] = totals.get(version, EMPTY) + now.since(before.get((source, version), EMPTY))
     return totals
 
 

@@ -169,7 +169,8 @@ async def test_every_route_needs_the_token(controller) -> None:
     ctl = controller()
     routes = [("GET", "/v1/state"), ("GET", "/v1/proxies"), ("GET", "/v1/watch?proxy=a&generation=0"),
               ("POST", "/v1/watch"), ("GET", "/metrics"), ("GET", "/v1/generations"), ("POST", "/v1/rollback"),
-              ("PUT", "/v1/services/shop/rules/default/weights"), ("GET", "/nope")]
+              ("PUT", "/v1/services/shop/rules/default/weights"), ("GET", "/v1/rollouts"), ("POST", "/v1/rollouts"),
+              ("GET", "/v1/rollouts/shop"), ("POST", "/v1/rollouts/shop/abort"), ("GET", "/nope")]
     async with aiohttp.ClientSession() as session:
         for method, path in routes:
             for headers in ({}, {"Authorization": "Bearer wrong"}):
@@ -269,3 +270,52 @@ async def test_kill_9_at_random_moments_of_a_stream_of_changes(controller, tmp_p
                 last_answered = answered[-1][0]
                 assert before["generation"] >= last_answered  # a later change may have been written unanswered
         assert not list(tmp_path.glob(".controller.state.json.*.tmp"))  # leftovers cleaned at each start
+
+
+async def test_rollout_requests_that_cannot_apply_are_4xx_and_change_nothing(controller, tmp_path: Path) -> None:
+    import json
+
+    document = {**controller_config({"v1": 100, "v2": 0}), "rollouts": {"shop": {"steps": [{"setWeight": 10},
+                                                                                         {"pause": {}}]}}}
+    ctl = controller(document)
+    state_file = tmp_path / "controller.state.json"
+    async with aiohttp.ClientSession() as session:
+        for body, status, field in [
+            ({"service": "nope", "to": "v2"}, 404, "service"),
+            ({"service": "shop", "to": "v9"}, 422, "endpoints"),  # a new version needs its endpoints
+            ({"service": "shop", "to": "v1"}, 409, "to"),  # already stable
+            ({"service": "shop", "to": "v2", "spec": {"steps": [{"setWeight": 150}]}}, 422, "spec.steps[0].setWeight"),
+            ({"service": "shop", "to": "v2", "spec": {"steps": [{"analysis": {"templates": ["x"]}}]}}, 422,
+             "spec.steps[0].analysis.templates[0]"),
+            ({"service": "shop", "to": "v3", "endpoints": ["not an endpoint"]}, 422, "services.shop.versions.v3"),
+            ({"service": "shop"}, 422, "to"),
+            ({"service": "shop", "to": "v2", "extra": 1}, 422, "body"),
+        ]:
+            before = state_file.read_bytes()
+            got, answer = await ctl.call(session, "POST", "/v1/rollouts", body)
+            assert got == status and answer["field"].startswith(field), (body, answer)
+            assert state_file.read_bytes() == before  # nothing written
+        got, answer = await ctl.call(session, "GET", "/v1/rollouts/shop")
+        assert got == 404
+        got, answer = await ctl.call(session, "POST", "/v1/rollouts", {"service": "shop", "to": "v2"})
+        assert got == 201 and answer["id"] == "shop-1"
+        got, answer = await ctl.call(session, "POST", "/v1/rollouts", {"service": "shop", "to": "v2"})
+        assert got == 409 and "shop-1" in answer["error"]
+        got, answer = await ctl.call(session, "POST", "/v1/rollouts/shop/launch")
+        assert got == 404 and "promote" in answer["error"]
+        saved = json.loads(state_file.read_text())["rollouts"]["rollouts"]["shop"]
+        got, answer = await ctl.call(session, "POST", "/v1/rollouts/shop/retry")  # not Aborted
+        assert got == 409 and "cannot retry" in answer["error"]
+        got, answer = await ctl.call(session, "POST", "/v1/rollouts/shop/undo")
+        assert got == 409
+        assert json.loads(state_file.read_text())["rollouts"]["rollouts"]["shop"]["history"] == saved["history"]
+        # A command that cannot be written is refused and changes nothing.
+        tmp_path.chmod(0o500)
+        try:
+            got, answer = await ctl.call(session, "POST", "/v1/rollouts/shop/abort")
+        finally:
+            tmp_path.chmod(0o700)
+        if os.geteuid() != 0:  # root writes anyway
+            assert got == 507, answer
+            _, now = await ctl.call(session, "GET", "/v1/rollouts/shop")
+            assert now["phase"] != "Aborted"

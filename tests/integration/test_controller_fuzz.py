@@ -1,5 +1,5 @@
 """A schema-driven fuzz of the controller's API from its own OpenAPI document: no input makes it fail
-(5xx). The watch is left out here (a long poll holds each call open, and every poll registers a proxy
+(5xx), rollouts included. The watch is left out here (a long poll holds each call open, and every poll registers a proxy
 that changes then wait for); its bad inputs are tested in ``test_controller``."""
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ schema = schemathesis.openapi.from_dict(DOCUMENT).exclude(path="/v1/watch")
 def controller_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     directory: Path = tmp_path_factory.mktemp("controller-fuzz")
     path = directory / "controller.yaml"
-    path.write_text(yaml.safe_dump(controller_config()))
+    # With a rollout spec, so that generated starts and commands reach the rollout engine.
+    spec = {"steps": [{"setWeight": 10}, {"pause": {}}]}
+    path.write_text(yaml.safe_dump({**controller_config({"v1": 100, "v2": 0}), "rollouts": {"shop": spec}}))
     process = Controller(path)
     try:
         yield process.base, (directory / "controller.token").read_text().strip()

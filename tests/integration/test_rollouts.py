@@ -148,13 +148,16 @@ async def test_a_healthy_canary_completes_and_a_failing_one_is_rolled_back(upstr
             aborted = await rollout(setup, session)
             assert aborted["phase"] == "Aborted", aborted
             assert "success-rate failed" in aborted["reason"] and "canary success_rate" in aborted["reason"]
-            aborted_at = time.monotonic()
+            aborted_at = time.monotonic()  # answered: every live proxy serves the abort
             await asyncio.sleep(1.5)
             on_v3 = {s[1] for s in load.seen if s[2] == "v3"}
             assert on_v3, "some users reached the canary"
             after = [s for s in load.seen if s[0] > aborted_at + 0.5]
-            assert after and {s[2] for s in after} == {"v2"}  # every user, those who were on v3 included
-            assert on_v3 & {s[1] for s in after}  # users who were on the canary were seen back on stable
+            assert after and {s[2] for s in after} == {"v2"}
+            for edge in edges:  # every user who was on the canary is back on stable, on every proxy
+                for user in sorted(on_v3):
+                    async with session.get(f"http://127.0.0.1:{edge.port}/", headers={"X-User": user}) as r:
+                        assert r.status == 200 and r.headers["X-Version"] == "v2", user
             _, history = await setup.controller.call(session, "GET", "/v1/rollouts/shop/history")
             print("\n".join(f"{t['at']} {t['who']:<10} {t['phase']:<11} {t['step']} {t['why']}"
                             for t in history["history"]))
@@ -214,5 +217,79 @@ async def test_blue_green_promotes_under_load_and_undo_restores_blue(upstreams: 
             assert status == 200, body
             await load.finish()
         assert load.failed() == []
+    finally:
+        setup.stop()
+
+
+KILL_SPEC = {"strategy": "canary", "steps": [
+    {"setWeight": 10}, {"analysis": {"metrics": [{"name": "ok", "condition": "success_rate >= 0.9", "interval": 1,
+                                                  "count": 1, "minRequests": 3, "inconclusiveLimit": 50}]}},
+    {"setWeight": 30}, {"pause": {"duration": "3s"}}, {"setWeight": 60}, {"pause": {}}], "scaleDownDelay": 1}
+
+
+async def test_kill_9_at_random_moments_of_a_rollout_resumes_it_consistently(upstreams: Any, tmp_path: Path) -> None:
+    """20 kill -9s of the controller at random moments while rollouts run, commands among them. After
+    each restart the state file is whole, the rollout is where it was (never a step back), a pause
+    keeps its deadline, every answered command is in force, an aborted rollout stays aborted."""
+    import json
+    import os
+    import random
+    import signal
+
+    from .test_controller import Controller
+
+    rng = random.Random(20261202)
+    v1, v2 = await upstreams("v1"), await upstreams("v2")
+    setup = Setup(tmp_path, v1.address, v2.address, {"v1": 100, "v2": 0}, rollouts={"shop": KILL_SPEC})
+    state_file = tmp_path / "controller.state.json"
+    try:
+        edge = setup.start_proxy("edge-0")
+        async with aiohttp.ClientSession() as session:
+            await until(lambda: live(setup, session, 1))
+            load = Load([edge.port])
+            load.start()
+            versions = ["v1", "v2"]
+            status, body = await setup.controller.call(session, "POST", "/v1/rollouts", {"service": "shop", "to": "v2"})
+            assert status == 201, body
+            ended = {"Succeeded", "Aborted"}
+            for _round in range(20):
+                await asyncio.sleep(rng.uniform(0.5, 4.0))
+                _, before = await setup.controller.call(session, "GET", "/v1/rollouts/shop")
+                expect_phase = None
+                choice = rng.random()
+                if before["phase"] == "Paused" and choice < 0.5:
+                    status, after = await setup.controller.call(session, "POST", "/v1/rollouts/shop/promote")
+                    assert status == 200, after
+                    before, expect_phase = after, None
+                elif before["phase"] == "Progressing" and choice < 0.1:
+                    status, after = await setup.controller.call(session, "POST", "/v1/rollouts/shop/abort")
+                    assert status == 200, after
+                    before, expect_phase = after, "Aborted"
+                elif before["phase"] in ended:
+                    stable = before["canary"] if before["phase"] == "Succeeded" else before["stable"]
+                    target = versions[1 - versions.index(stable)]
+                    status, after = await setup.controller.call(session, "POST", "/v1/rollouts",
+                                                                {"service": "shop", "to": target})
+                    assert status == 201, after
+                    before, expect_phase = after, None
+                os.kill(setup.controller.process.pid, signal.SIGKILL)
+                setup.controller.process.wait(10)
+                saved = json.loads(state_file.read_text())  # whole, valid JSON
+                kept = saved["rollouts"]["rollouts"]["shop"]
+                setup.controller.stop()
+                setup.controller = Controller(tmp_path / "controller.yaml")
+                _, now = await setup.controller.call(session, "GET", "/v1/rollouts/shop")
+                print(_round, before["id"], before["phase"], before["step"], "->", now["phase"], now["step"])
+                assert now["id"] == before["id"] == kept["id"]
+                assert now["step"] >= before["step"] or now["phase"] in ended, (before, now)
+                if expect_phase is not None or before["phase"] == "Aborted":
+                    assert now["phase"] == "Aborted" and kept["phase"] == "Aborted"  # never resumes
+                if kept["pause_until"] is not None and now["step"] == kept["step"]:
+                    _, again = await setup.controller.call(session, "GET", "/v1/rollouts/shop")
+                    assert again.get("pause_remaining") is None or \
+                        abs(kept["pause_until"] - time.time() - again["pause_remaining"]) < 1.5
+            await load.finish()
+        assert load.failed() == []  # twenty controller deaths, and no request failed
+        assert {s[2] for s in load.seen} == {"v1", "v2"}
     finally:
         setup.stop()

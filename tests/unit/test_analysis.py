@@ -55,13 +55,15 @@ def test_anything_else_is_refused(text: str) -> None:
 
 
 def test_windows_take_differences_per_source_and_count_a_restart_from_zero() -> None:
-    before = {("edge-1/10", "v1"): counts(100), ("edge-1/10", "v2"): counts(10, 1), ("edge-2/20", "v2"): counts(50)}
+    before = {("edge-1/10", "v1"): counts(100), ("edge-1/10", "v2"): counts(10, 1), ("edge-2/20", "v2"): counts(50),
+              ("edge-4/40", "v1"): counts(9)}
     after = {("edge-1/10", "v1"): counts(160), ("edge-1/10", "v2"): counts(30, 3),
-             ("edge-2/21", "v2"): counts(7),  # edge-2 restarted: a new worker, counted whole
-             ("edge-3/30", "v2"): counts(5)}  # a proxy new in the window
+             ("edge-2/21", "v2"): counts(7),  # edge-2's worker restarted: new, it counts from the next window
+             ("edge-3/30", "v2"): counts(5000),  # a proxy first heard of now: its counts predate the window
+             ("edge-4/40", "v1"): counts(9), ("edge-4/40", "v2"): counts(4)}  # its first v2 requests: all new
     got = window(before, after)
     assert got["v1"].answered == 60
-    assert got["v2"].answered == 20 + 7 + 5 and got["v2"].errors == 2
+    assert got["v2"].answered == 20 + 4 and got["v2"].errors == 2
     # The same worker whose counters went down (reset in place): counted from zero, never negative.
     assert window({("a/1", "v1"): counts(100)}, {("a/1", "v1"): counts(40)})["v1"].answered == 40
 
