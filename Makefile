@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean prometheus
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,14 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint
+# Rollout analysis is tested against a real Prometheus server: Debian's, installed if missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get -qq -y --no-install-recommends
+prometheus:
+	@command -v prometheus >/dev/null || { echo "installing Debian's prometheus (for the analysis tests)"; \
+	  $(APT) install prometheus >/dev/null 2>&1 || { $(APT) update && $(APT) install prometheus >/dev/null; }; }
+
+test: lint prometheus
 	$(BIN)/pytest -q
 
 bench: $(BIN)/.installed

@@ -10,21 +10,22 @@ requests with an ``Origin`` header are refused. Errors are JSON ``{"error", "fie
     POST /v1/explain               how a request would be routed by the current generation
     GET  /v1/proxies               id, address, generation, lag, live, last seen, refusals
     GET|POST /v1/watch             a proxy's long poll (below)
+    GET|POST /v1/rollouts, GET /v1/rollouts/{service}[/history], POST /v1/rollouts/{service}/{command}
+                                   rollouts (``rollouts.Book``; a rollout owns its service's rules: 409)
     GET  /metrics                  the controller's own metrics;  GET /ready, /live
 
 The watch: ``POST /v1/watch`` with a ``wire.Poll`` (its id, the generation it serves, what it refused,
 its counters), or ``GET /v1/watch?proxy=ID&generation=G``. The answer is the ``wire.Snapshot`` of the
 current generation as soon as it is newer than G and than the generation the proxy last refused (at
-once if it already is), else ``204`` after
-``wait`` seconds (default 30, at most 60). A change answers once every live proxy serves it (or
-refused it), or after ``CONVERGE_TIMEOUT`` seconds saying which did not.
+once if it already is), else ``204`` after ``wait`` seconds (default 30, at most 60; while a rollout
+runs, ``REPORT_EVERY``, so that proxies report their counters that often). A change answers once
+every live proxy serves it (or refused it), or after ``CONVERGE_TIMEOUT`` seconds saying which did not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -102,9 +103,8 @@ def error(status: int, message: str, **details: Any) -> web.Response:
     return web.json_response({"error": message, **details}, status=status)
 
 
-def make_app(writer: Writer, fleet: Fleet, token: str, book: Book | None = None) -> web.Application:
+def make_app(writer: Writer, fleet: Fleet, token: str, rollouts: Book) -> web.Application:
     expected = token.encode()
-    rollouts = book if book is not None else Book(writer, fleet.proxies, time.time, lambda data: None, "<none>")
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -358,8 +358,8 @@ class Book:
         if isinstance(current, Analysis) and rollout.run is None and rollout.active:
             view["analysis"].append({"label": current.label, "metrics": []})
         if history:
-            view["history"] = [{"at": _iso(t.at), "who": t.who, "phase": t.phase.value, "step": t.step, "why": t.why}
-                               for t in rollout.history]
+            view["history"] = [{"at": _iso(t.at), "unix": t.at, "who": t.who, "phase": t.phase.value, "step": t.step,
+                                "why": t.why} for t in rollout.history]
         return view
 
 

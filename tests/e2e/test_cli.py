@@ -171,3 +171,68 @@ async def test_the_cli_drives_the_fleet_through_the_controller(upstreams, tmp_pa
         assert down.returncode == 1 and "cannot reach the controller at http://127.0.0.1:9" in down.stderr
     finally:
         setup.stop()
+
+
+async def test_rollout_commands_and_watch_as_plain_lines(upstreams, tmp_path: Path) -> None:
+    from ..integration.test_managed import Setup, until
+    from ..integration.test_rollouts import Load
+
+    templates = {"ok": {"metrics": [{"name": "success", "condition": "success_rate >= 0.95", "interval": "1s",
+                                     "minRequests": 5}]}}
+    spec = {"steps": [{"setWeight": 25}, {"analysis": {"templates": ["ok"]}}, {"pause": {}}], "scaleDownDelay": 1}
+    v1, v2 = await upstreams("v1"), await upstreams("v2")
+    setup = Setup(tmp_path, v1.address, v2.address, {"v1": 100, "v2": 0}, templates=templates,
+                  rollouts={"shop": spec})
+    try:
+        edge = setup.start_proxy("edge-0")
+        env = {"TURNOUT_CONTROLLER_URL": setup.controller.base}
+        token_file = str(tmp_path / "controller.token")
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return turnout("rollout", *args, "--token-file", token_file, env=env)
+
+        async def listed() -> bool:
+            return "edge-0" in (await asyncio.to_thread(turnout, "proxies", "--token-file", token_file, env=env)).stdout
+        await until(listed)
+        load = Load([edge.port])
+        load.start()
+        assert (await asyncio.to_thread(run, "list")).stdout.strip() == "no rollouts yet (specs for: shop)"
+        started = await asyncio.to_thread(run, "start", "shop", "--to", "v2")
+        assert started.returncode == 0 and started.stdout.startswith("rollout shop-1 started: v1 -> v2 (canary)")
+        again = await asyncio.to_thread(run, "start", "shop", "--to", "v2")
+        assert again.returncode == 1 and again.stderr.startswith("turnout: 409: rollout shop-1 of shop is")
+        assert len(again.stderr.strip().splitlines()) == 1
+
+        async def paused() -> bool:
+            answer = json.loads((await asyncio.to_thread(run, "status", "shop", "--json")).stdout)
+            return bool(answer["phase"] == "Paused")
+        await until(paused, 30)
+        status = (await asyncio.to_thread(run, "status", "shop")).stdout
+        assert "phase Paused" in status and "> " in status and "pause until promoted" in status
+        refused = await asyncio.to_thread(run, "undo", "shop")
+        assert refused.returncode == 1 and "it cannot undo (it can: resume, promote, promote-full, abort)" in \
+            refused.stderr
+
+        # watch, piped: one plain line per change, exit 0 once Succeeded.
+        watcher = subprocess.Popen([sys.executable, "-m", "proxy.cli", "rollout", "watch", "shop", "--token-file",
+                                    token_file], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env={**os.environ, **env})
+        await asyncio.sleep(1)
+        promoted = await asyncio.to_thread(run, "promote", "shop")
+        assert promoted.returncode == 0 and "promoted by" in promoted.stdout
+        out, err = await asyncio.to_thread(watcher.communicate, timeout=30)
+        assert watcher.returncode == 0, err
+        lines = out.strip().splitlines()
+        assert "shop-1 Paused step 2/" in lines[0] and lines[-1].split()[2] == "Succeeded", lines
+        assert all(line[2] == ":" and " shop-1 " in line for line in lines)  # "HH:MM:SS shop-1 Phase step …"
+        history = (await asyncio.to_thread(run, "history", "shop")).stdout
+        assert "promoted by" in history and "analysis" in history
+        # A failing rollout: watch exits 1.
+        started = await asyncio.to_thread(run, "start", "shop", "--to", "v1")
+        assert started.returncode == 0
+        await asyncio.to_thread(run, "abort", "shop")
+        watched = await asyncio.to_thread(run, "watch", "shop")
+        assert watched.returncode == 1 and "Aborted" in watched.stdout
+        await load.finish()
+    finally:
+        setup.stop()

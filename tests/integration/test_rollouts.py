@@ -148,6 +148,9 @@ async def test_a_healthy_canary_completes_and_a_failing_one_is_rolled_back(upstr
             aborted = await rollout(setup, session)
             assert aborted["phase"] == "Aborted", aborted
             assert "success-rate failed" in aborted["reason"] and "canary success_rate" in aborted["reason"]
+            _, history = await setup.controller.call(session, "GET", "/v1/rollouts/shop/history")
+            weighted = next(t["unix"] for t in history["history"] if "setWeight 20% served" in t["why"])
+            assert history["history"][-1]["unix"] - weighted <= 2 * 2.0 + 1.0  # within 2 analysis intervals
             aborted_at = time.monotonic()  # answered: every live proxy serves the abort
             await asyncio.sleep(1.5)
             on_v3 = {s[1] for s in load.seen if s[2] == "v3"}
