@@ -108,6 +108,8 @@ def make_app(writer: Writer, fleet: Fleet, token: str, rollouts: Book) -> web.Ap
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in ("/ready", "/live") and request.method in ("GET", "HEAD"):
+            return await handler(request)  # health probes carry no token; they reveal nothing
         if "Origin" in request.headers:
             return error(403, "requests from web pages (with an Origin header) are refused")
         if not tokens.matches(tokens.bearer(request.headers.get("Authorization", "")), expected):

@@ -87,6 +87,9 @@ def load_flags_token(admin: Admin, source: str) -> str | None:
     return token
 
 
+PROBES = frozenset({"/ready", "/live"})  # answered without a token
+
+
 def error(status: int, message: str, **details: Any) -> web.Response:
     return web.json_response({"error": message, **details}, status=status)
 
@@ -100,6 +103,8 @@ def make_app(backend: AdminBackend, token: str, control: Control | None = None,
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in PROBES and request.method in ("GET", "HEAD"):
+            return await handler(request)  # health probes (Docker, Kubernetes) carry no token; they reveal nothing
         presented = tokens.bearer(request.headers.get("Authorization", ""))
         if request.path.startswith("/ofrep/"):
             # Apps evaluate flags with the admin token or the read-only flags token (bearer or X-API-Key).

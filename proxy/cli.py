@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         try:
             cfg = config_module.load(args.config)
+            config_module.check_tokens(cfg)
         except ConfigError as exc:
             print(f"turnout: {exc}", file=sys.stderr)
             return 2

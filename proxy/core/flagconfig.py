@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from .regex import RegexError, compile_pattern
+
 if TYPE_CHECKING:
     from .model import Match
     from .reader import Reader
@@ -160,8 +162,8 @@ def _context(parser: Reader, raw: Any, path: str) -> tuple[ContextCondition, ...
             raise parser.fail(f"{where}.{op}", "must be a string")
         if op == "regex":
             try:
-                re.compile(value)
-            except re.error as exc:
+                compile_pattern(value)
+            except RegexError as exc:
                 raise parser.fail(f"{where}.regex", f"bad regular expression: {exc}") from None
         conditions.append(ContextCondition(attribute, op, value))
     return tuple(conditions)

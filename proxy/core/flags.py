@@ -14,12 +14,11 @@ TARGETING_KEY_MISSING when a rollout needs a key and none was given).
 
 from __future__ import annotations
 
-import re
 from array import array
 from collections.abc import Mapping
 from typing import Any
 
-from . import buckets
+from . import buckets, regex
 from .buckets import BUCKETS
 from .flagconfig import ContextCondition, Flag, semver
 from .hashing import FLAG_KEYS, permutation
@@ -238,7 +237,7 @@ def _holds(condition: ContextCondition, context: Mapping[str, Any], targeting_ke
     if op in ("prefix", "regex"):
         if not isinstance(value, str):
             return False
-        return value.startswith(expected) if op == "prefix" else re.fullmatch(expected, value) is not None
+        return value.startswith(expected) if op == "prefix" else regex.fullmatch(expected, value)
     if op in ("gt", "gte", "lt", "lte"):
         if isinstance(value, bool) or not isinstance(value, int | float):
             return False

@@ -9,12 +9,12 @@ Pure: no I/O.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qsl
 
 from .model import Condition, Match
+from .regex import compile_pattern
 
 __all__ = ["Predicate", "Request", "compile_condition", "compile_match", "parse_cookies"]
 
@@ -116,7 +116,7 @@ def compile_condition(cond: Condition) -> Callable[[str | None], bool]:
     if cond.kind == "prefix":
         return lambda s: s is not None and s.startswith(value)
     if cond.kind == "regex":
-        pattern = re.compile(value)  # full match, as in Envoy and Gateway API
+        pattern = compile_pattern(value)  # full match, as in Envoy and Gateway API; RE2: linear time
         return lambda s: s is not None and pattern.fullmatch(s) is not None
     if cond.kind == "present":
         return lambda s: s is not None

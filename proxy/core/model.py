@@ -188,6 +188,7 @@ class Limits:
     body_idle_timeout: float = 30.0
     keepalive_timeout: float = 60.0
     max_header_bytes: int = 32_768
+    max_header_count: int = 100  # header fields per request (HAProxy: 101)
     max_connections: int = 10_000
     connect_timeout: float = 5.0
     read_timeout: float = 60.0

@@ -47,6 +47,7 @@ from .model import (
     UpstreamTls,
     Version,
 )
+from .regex import RegexError, compile_pattern
 
 __all__ = ["Reader", "from_document", "is_loopback", "parse", "read_document"]
 
@@ -63,8 +64,10 @@ def read_document(text: str, source: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(source, "", f"not valid YAML{where}") from None
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem, context = getattr(exc, "problem", None), getattr(exc, "context", None)
+        reason = f": {problem}" + (f" ({context})" if context else "") if problem else ""
+        raise ConfigError(source, "", f"not valid YAML{where}{reason}") from None
 
 
 def from_document(raw: Any, source: str = "<config>") -> Config:
@@ -161,6 +164,8 @@ class Reader:
                 raise self.fail(path, f"scheme must be http or https, got {scheme!r}")
             tls = scheme == "https"
         host, sep, port = text.rpartition(":")
+        if sep and not host and not schemes:
+            host = "0.0.0.0"  # a listen address ":8080": every interface, as Traefik and Go write it
         if not sep or not host or not port.isdigit():
             raise self.fail(path, f"must be host:port, got {text!r}")
         number = int(port)
@@ -582,8 +587,8 @@ class Reader:
             raise self.fail(_join(path, kind), f"must be a string, got {_kind(value)}")
         if kind == "regex":
             try:
-                re.compile(value)
-            except re.error as exc:
+                compile_pattern(value)
+            except RegexError as exc:
                 raise self.fail(_join(path, kind), f"bad regular expression: {exc}") from None
         return Condition(kind, value)
 

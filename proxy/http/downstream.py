@@ -190,6 +190,8 @@ class Downstream(asyncio.Protocol):
         self.header_bytes += len(name) + len(value) + 4
         if self.header_bytes > self.limits.max_header_bytes:
             raise Reject(431, "request header fields too large")
+        if len(self.headers) >= self.limits.max_header_count:
+            raise Reject(431, "too many request header fields")
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -227,6 +229,8 @@ class Downstream(asyncio.Protocol):
             raise Reject(405, "CONNECT is not supported")
         state = self.worker.state  # one snapshot for the whole decision
         fields = read_fields(self.headers, state.header_names)
+        if fields.chunked and not http11:
+            raise Reject(400, "Transfer-Encoding in an HTTP/1.0 request (RFC 9112 6.1)")
         target, host = request_target(self.url, method, fields.host)
         if host is None:
             if http11:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,3 +19,20 @@ def test_proxy_refuses_to_start_on_a_bad_file(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0] == f"turnout: {path}: services.shop.rules[1].split.v3: unknown version 'v3' (versions: v1, v2)"
+
+
+def test_check_refuses_what_the_proxy_refuses(tmp_path: Path) -> None:
+    path = tmp_path / "turnout.yaml"
+    path.write_text("admin: {listen: 127.0.0.1:0, token_env: TURNOUT_TEST_UNSET_TOKEN}\n" + BASE)
+    env = {k: v for k, v in os.environ.items() if k != "TURNOUT_TEST_UNSET_TOKEN"}
+    checked = subprocess.run([sys.executable, "-m", "proxy.cli", "check", "--config", str(path)], capture_output=True,
+                             text=True, timeout=30, env=env)
+    started = subprocess.run([sys.executable, "-m", "proxy", "--config", str(path)], capture_output=True, text=True,
+                             timeout=30, env=env)
+    expected = f"turnout: {path}: admin.token_env: environment variable TURNOUT_TEST_UNSET_TOKEN is not set"
+    assert checked.returncode == started.returncode == 2
+    assert checked.stderr.strip() == started.stderr.strip() == expected
+    assert not list(tmp_path.glob("*.token"))  # check created nothing
+    ok = subprocess.run([sys.executable, "-m", "proxy.cli", "check", "--config", str(path)], capture_output=True,
+                        text=True, timeout=30, env={**env, "TURNOUT_TEST_UNSET_TOKEN": "s3cret"})
+    assert ok.returncode == 0 and "ok" in ok.stdout

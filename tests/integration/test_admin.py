@@ -24,7 +24,7 @@ from proxy.worker import Worker
 from ..helpers import RawUpstream, service
 
 TOKEN = "s3cret-token"
-ROUTES = ["/v1/state", "/metrics", "/ready", "/live", "/v1/nothing-here"]
+ROUTES = ["/v1/state", "/metrics", "/v1/flags", "/v1/openapi.json", "/v1/nothing-here"]
 
 
 @pytest.fixture
@@ -159,16 +159,18 @@ async def test_readiness_fails_once_draining(upstreams, proxy, admin_server) -> 
     worker = await proxy({"s": service({"v1": [up.address]}, version="v1")}, limits={"shutdown_grace": "1s"})
     base = await admin_server(worker)
     async with aiohttp.ClientSession() as session:
-        async with session.get(base + "/ready", headers=bearer()) as response:
+        async with session.get(base + "/ready") as response:  # probes need no token
             assert response.status == 200
+        async with session.post(base + "/ready") as response:  # anything else does
+            assert response.status == 401
         drain = asyncio.create_task(worker.shutdown())
         await asyncio.sleep(0.2)
-        async with session.get(base + "/ready", headers=bearer()) as response:
+        async with session.get(base + "/ready") as response:
             assert response.status == 503 and (await response.json())["ready"] is False
         async with session.get(f"http://127.0.0.1:{worker.port}/", headers=bearer()) as response:
             assert response.status == 200  # still serving during the grace period
-        async with session.get(base + "/live", headers=bearer()) as response:
-            assert response.status == 200
+        async with session.get(base + "/live") as response:
+            assert response.status == 200 and await response.json() == {"live": True}
         await drain
 
 

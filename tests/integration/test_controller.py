@@ -178,6 +178,9 @@ async def test_every_route_needs_the_token(controller) -> None:
                     assert response.status == 401, (method, path)
         status, body = await ctl.call(session, "GET", "/v1/state", Origin="http://evil.example")
         assert status == 403 and "Origin" in body["error"]
+        for probe in ("/ready", "/live"):  # health probes carry no token
+            async with session.get(ctl.base + probe) as response:
+                assert response.status == 200
 
 
 async def test_one_controller_per_state_file_and_kill_9_loses_no_answered_change(controller) -> None:

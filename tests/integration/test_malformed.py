@@ -32,6 +32,7 @@ MALFORMED = {
     "userinfo-target": b"GET http://user@h/ HTTP/1.1\r\nHost: h\r\n\r\n",
     "asterisk-for-get": b"GET * HTTP/1.1\r\nHost: h\r\n\r\n",
     "bad-method": b"G(T / HTTP/1.1\r\nHost: h\r\n\r\n",
+    "http10-chunked": b"POST / HTTP/1.0\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
 }
 
 
@@ -64,6 +65,17 @@ async def test_oversize_head_is_431(proxy) -> None:
     long_target = b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: h\r\n\r\n"
     assert parse_response(await raw_exchange(worker.port, long_target))[0] == 414
     assert raw.received == []
+
+
+async def test_too_many_header_fields_is_431_and_never_forwarded(proxy) -> None:
+    raw = await RawUpstream(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").start()
+    worker = await proxy({"s": service({"v1": [raw.address]}, version="v1")})
+    def head(count: int) -> bytes:  # Host plus count - 1 small fields: far under the byte limit
+        return b"GET / HTTP/1.1\r\nHost: h\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(count - 1)) + b"\r\n"
+    assert parse_response(await raw_exchange(worker.port, head(130)))[0] == 431
+    assert raw.received == []
+    assert parse_response(await raw_exchange(worker.port, head(100)))[0] == 200  # the default allows 100
+    await raw.stop()
 
 
 async def test_slowloris_is_closed_at_the_header_deadline(proxy) -> None:
@@ -118,3 +130,19 @@ async def test_max_connections(upstreams, proxy) -> None:
     assert parse_response(data)[0] == 503
     for _, writer in held:
         writer.close()
+
+
+async def test_a_catastrophic_regex_rule_does_not_stall_the_worker(upstreams, proxy) -> None:
+    """``(a+)+$`` against a header of a's and a '!': seconds to hours of backtracking in Python's re;
+    RE2 answers at once, so the evil request and the next one are both served (the test's timeout is
+    what fails if matching ever backtracks again)."""
+    import aiohttp
+
+    v1, v2 = await upstreams("v1"), await upstreams("v2")
+    rules = [{"name": "evil", "match": {"headers": {"x-a": {"regex": "(a+)+$"}}}, "version": "v2"},
+             {"name": "default", "version": "v1"}]
+    worker = await proxy({"s": service({"v1": [v1.address], "v2": [v2.address]}, rules)})
+    async with aiohttp.ClientSession() as session:
+        for header, version in (("a" * 60 + "!", "v1"), ("a" * 60, "v2")):
+            async with session.get(f"http://127.0.0.1:{worker.port}/", headers={"X-A": header}) as response:
+                assert response.headers["X-Version"] == version

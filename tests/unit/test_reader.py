@@ -63,7 +63,9 @@ def test_errors_name_file_and_field(old: str, new: str, message: str) -> None:
 
 def test_other_errors() -> None:
     assert error_of("services: {}") == "conf.yaml: services: at least one service is required"
-    assert "not valid YAML at line 1" in error_of("services: [")
+    assert error_of("services: [") == ("conf.yaml: not valid YAML at line 1, column 12: expected the node content, "
+                                       "but found '<stream end>' (while parsing a flow node)")
+    assert error_of("a: b: c\n") == "conf.yaml: not valid YAML at line 1, column 5: mapping values are not allowed here"
     assert "listen: must be host:port" in error_of("listen: 8080\n" + BASE)
     assert "limits.header_timeout: must be a duration" in error_of("limits: {header_timeout: soon}\n" + BASE)
     assert "limits.max_header_bytes: must be an integer" in error_of("limits: {max_header_bytes: 1.5}\n" + BASE)
@@ -120,3 +122,26 @@ def test_the_shipped_controller_and_managed_proxy_configs_are_valid() -> None:
 ])
 def test_controller_section_errors(extra: str, message: str) -> None:
     assert message in error_of(BASE + extra + "\n")
+
+
+def test_a_listen_address_without_host_means_every_interface() -> None:
+    config = parse("listen: ':8080'\nadmin: {listen: ':9901', token_env: T}\n" + BASE, "conf.yaml")
+    assert (config.listeners[0].address.host, config.listeners[0].address.port) == ("0.0.0.0", 8080)
+    assert config.admin is not None and config.admin.listen.host == "0.0.0.0"
+    # Every interface is not loopback: the admin API then needs a token that is chosen, not generated.
+    assert "is not a loopback address" in error_of("admin: {listen: ':9901'}\n" + BASE)
+    # An upstream needs its host.
+    assert "versions.v1.endpoints[0]: must be host:port, got ':9001'" in error_of(
+        BASE.replace("v1: [127.0.0.1:9001]", "v1: [':9001']"))
+
+
+def test_regexes_run_on_re2_and_patterns_it_cannot_run_are_refused() -> None:
+    from proxy.core.regex import compile_pattern
+
+    # Exponential for a backtracking engine (Python's re would not finish this before the test timeout).
+    assert compile_pattern("(a+)+$").fullmatch("a" * 60 + "!") is None
+    assert compile_pattern("(a+)+$").fullmatch("a" * 60) is not None
+    message = error_of(BASE.replace('x-beta: "1"', r"x-beta: {regex: '(a)\1'}"))
+    assert message.startswith("conf.yaml: services.shop.rules[0].match.headers.x-beta.regex: bad regular expression:")
+    assert "RE2" in message
+    assert "look-around" in error_of(BASE.replace('x-beta: "1"', "x-beta: {regex: 'a(?=b)'}"))
