@@ -6,8 +6,13 @@ BIN := $(VENV)/bin
 
 .PHONY: run test lint bench clean prometheus
 
+# `make run` installs what Turnout needs to run; `make test` adds the test toolchain.
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
+$(BIN)/.installed-test: $(BIN)/.installed
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
@@ -22,7 +27,7 @@ run: $(BIN)/.installed
 	$(BIN)/python -m proxy.demo --load http://127.0.0.1:8080/ 3600 & load=$$!; \
 	wait -n $$controller $$proxy; kill -TERM $$controller $$proxy $$load 2>/dev/null; wait
 
-lint: $(BIN)/.installed
+lint: $(BIN)/.installed-test
 	$(BIN)/ruff check proxy controller tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/lint-imports

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
+
+from proxy.core import logs
 
 from .server import serve
 
@@ -15,9 +15,10 @@ DEFAULT_CONFIG = "config/controller.yaml"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="turnout controller", description="Turnout's release controller.")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
+    parser.add_argument("--log-level", choices=logs.LEVELS, help="default $TURNOUT_LOG_LEVEL or info")
+    parser.add_argument("--log-format", choices=logs.FORMATS, help="default $TURNOUT_LOG_FORMAT or text")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("TURNOUT_LOG_LEVEL", "INFO"),
-                        format="turnout-controller[%(process)d] %(levelname)s %(message)s", stream=sys.stderr)
+    logs.setup("turnout-controller", args.log_level, args.log_format)
     return serve(args.config)
 
 

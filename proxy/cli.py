@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from typing import Any
@@ -36,6 +35,7 @@ from typing import Any
 from . import config as config_module
 from . import rolloutcli
 from .client import AdminClient, ClientError, resolve
+from .core import logs
 from .core.model import ConfigError
 
 __all__ = ["main"]
@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     proxy = sub.add_parser("proxy", help="run the proxy")
     proxy.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
     proxy.add_argument("--workers", type=int, default=1, help="worker processes sharing the port")
+    proxy.add_argument("--log-level", choices=logs.LEVELS, help="default $TURNOUT_LOG_LEVEL or info")
+    proxy.add_argument("--log-format", choices=logs.FORMATS, help="text (default $TURNOUT_LOG_FORMAT or text) or "
+                       "json: one JSON object per line")
     check = sub.add_parser("check", help="validate a config file")
     check.add_argument("--config", default=DEFAULT_CONFIG)
 
@@ -108,11 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config}: ok ({len(cfg.services)} services)")
         return 0
     if args.command == "proxy":
-        logging.basicConfig(
-            level=os.environ.get("TURNOUT_LOG_LEVEL", "INFO"),
-            format="turnout[%(process)d] %(levelname)s %(message)s",
-            stream=sys.stderr,
-        )
+        logs.setup("turnout", args.log_level, args.log_format)
         if args.workers < 1:
             parser.error("--workers must be at least 1")
         from .server import serve  # imported late: client commands need no event loop machinery

@@ -16,7 +16,7 @@ from typing import Any
 import uvloop
 
 from .channel import Channel
-from .core import wire
+from .core import logs, wire
 from .core.reader import from_document
 from .worker import Worker
 
@@ -60,8 +60,7 @@ async def _serve(spec: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    logging.basicConfig(level=os.environ.get("TURNOUT_LOG_LEVEL", "INFO"),
-                        format="turnout[%(process)d] %(levelname)s %(message)s", stream=sys.stderr)
+    logs.setup("turnout")  # level and format inherited from the supervisor's environment
     uvloop.run(_serve(json.loads(argv[0])))
     return 0
 

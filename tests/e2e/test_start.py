@@ -36,3 +36,22 @@ def test_check_refuses_what_the_proxy_refuses(tmp_path: Path) -> None:
     ok = subprocess.run([sys.executable, "-m", "proxy.cli", "check", "--config", str(path)], capture_output=True,
                         text=True, timeout=30, env={**env, "TURNOUT_TEST_UNSET_TOKEN": "s3cret"})
     assert ok.returncode == 0 and "ok" in ok.stdout
+
+
+def test_logs_as_json_lines_at_the_level_asked(tmp_path: Path) -> None:
+    import json
+    import signal
+    import time
+
+    path = tmp_path / "turnout.yaml"
+    path.write_text("listen: 127.0.0.1:0\n" + BASE)
+    process = subprocess.Popen([sys.executable, "-m", "proxy", "--config", str(path), "--log-format", "json",
+                                "--log-level", "debug", "--workers", "2"], stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=30)
+    entries = [json.loads(line) for line in err.strip().splitlines()]  # every line is one JSON object
+    assert {"time", "level", "program", "pid", "message"} <= set(entries[0])
+    assert any(e["message"].startswith("listening on http://127.0.0.1:") for e in entries)
+    assert len({e["pid"] for e in entries}) >= 3  # the supervisor and its two workers log alike
+    assert {e["level"] for e in entries} <= {"debug", "info", "warning", "error"}

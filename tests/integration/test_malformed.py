@@ -139,7 +139,8 @@ async def test_a_catastrophic_regex_rule_does_not_stall_the_worker(upstreams, pr
     import aiohttp
 
     v1, v2 = await upstreams("v1"), await upstreams("v2")
-    rules = [{"name": "evil", "match": {"headers": {"x-a": {"regex": "(a+)+$"}}}, "version": "v2"},
+    rules: list[dict[str, object]] = [
+        {"name": "evil", "match": {"headers": {"x-a": {"regex": "(a+)+$"}}}, "version": "v2"},
              {"name": "default", "version": "v1"}]
     worker = await proxy({"s": service({"v1": [v1.address], "v2": [v2.address]}, rules)})
     async with aiohttp.ClientSession() as session:
