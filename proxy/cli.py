@@ -6,7 +6,9 @@
     turnout status                                          services, versions, rules, splits
     turnout proxies                                         the proxies following the controller
     turnout weights set SERVICE v1=90 v2=10 [--rule R]      change a split (--dry-run: who would move)
-    turnout explain --host H [--path P] [-H name=value]     which rule, bucket, version, endpoint
+    turnout explain --host H [--path P] [-H 'Name: value']  which rule, bucket, version, endpoint
+    turnout versions set SERVICE VERSION HOST:PORT... [--draining HOST:PORT...]   add or replace endpoints
+    turnout versions drain SERVICE VERSION HOST:PORT...     stop new requests to endpoints (in flight finish)
     turnout generations                                     who changed what, when
     turnout diff A B                                        what changed between two generations
     turnout rollback GENERATION                             a new generation equal to an old one
@@ -20,8 +22,9 @@
 
 The client commands talk to the controller (``--controller URL`` or TURNOUT_CONTROLLER_URL) or to a
 proxy's admin API (``--admin URL`` or TURNOUT_ADMIN_URL); with neither, to the demo's controller when
-config/controller.token exists, else to http://127.0.0.1:9901 (see ``client.resolve`` for tokens).
-``--json`` prints the API's answer as it is. Any failure: one line, exit 1.
+config/controller.token exists, else to http://127.0.0.1:9901; ``--config FILE`` (or TURNOUT_CONFIG) finds
+the API and token a config file describes (see ``client.resolve``). ``--json`` (before or after the
+command) prints the API's answer as it is. Any failure: one line, exit 1.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         # A separate program: the proxy never imports the controller (they share only proxy.core).
         os.execv(sys.executable, [sys.executable, "-m", "controller", *given[1:]])
     parser = argparse.ArgumentParser(prog="turnout", description="Traffic-splitting reverse proxy.")
+    parser.add_argument("--version", action="version", version=f"turnout {_version()}")
+    parser.add_argument("--json", action="store_true", dest="json_first", help="print the API's JSON answer")
     sub = parser.add_subparsers(dest="command", required=True)
     proxy = sub.add_parser("proxy", help="run the proxy")
     proxy.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
@@ -66,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     client.add_argument("--token", help="admin token (default $TURNOUT_ADMIN_TOKEN or the token file)")
     client.add_argument("--token-file", help="file holding the admin token (default config/admin.token)")
     client.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    client.add_argument("--config", dest="client_config", metavar="FILE",
+                        help="a proxy's or controller's config: talk to the API it describes (default $TURNOUT_CONFIG)")
     sub.add_parser("status", parents=[client], help="show the routing state")
     sub.add_parser("proxies", parents=[client], help="the proxies following the controller")
     weights = sub.add_parser("weights", parents=[client], help="change a split's weights")
@@ -79,9 +86,17 @@ def main(argv: list[str] | None = None) -> int:
     explain.add_argument("--host", default="")
     explain.add_argument("--path", default="/")
     explain.add_argument("--method", default="GET")
-    explain.add_argument("-H", "--header", action="append", default=[], metavar="NAME=VALUE")
+    explain.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
+                         help="a request header, as curl writes it ('Name: value') or Name=value")
     explain.add_argument("--cookie", action="append", default=[], metavar="NAME=VALUE")
     explain.add_argument("--query", default="")
+    versions = sub.add_parser("versions", parents=[client], help="a version's endpoints")
+    versions.add_argument("action", choices=["set", "drain"])
+    versions.add_argument("service")
+    versions.add_argument("version")
+    versions.add_argument("endpoints", nargs="+", metavar="HOST:PORT")
+    versions.add_argument("--draining", nargs="+", default=[], metavar="HOST:PORT",
+                          help="set: endpoints that take no new requests (in flight finish)")
     sub.add_parser("generations", parents=[client], help="list recent generations")
     diff = sub.add_parser("diff", parents=[client], help="compare two generations")
     diff.add_argument("before", type=int)
@@ -100,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     flags.add_argument("--file", help="a JSON file with the whole flag (the config's flag syntax)")
     rolloutcli.add_parser(sub, client)
     args = parser.parse_args(argv)
+    if hasattr(args, "json"):
+        args.json = args.json or args.json_first
 
     if args.command == "check":
         try:
@@ -125,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _client_command(args: argparse.Namespace) -> int:
-    api = AdminClient(*resolve(args.admin, args.token, args.token_file, args.controller))
+    api = AdminClient(*resolve(args.admin, args.token, args.token_file, args.controller, args.client_config))
     if args.command == "rollout":
         return rolloutcli.run(api, args)
     answer: Any
@@ -155,7 +172,7 @@ def _client_command(args: argparse.Namespace) -> int:
     elif args.command == "explain":
         answer = api.call("POST", "/v1/explain", {
             "host": args.host, "path": args.path, "method": args.method, "query": args.query,
-            "headers": dict(_pair(h) for h in args.header), "cookies": dict(_pair(c) for c in args.cookie)})
+            "headers": dict(_header(h) for h in args.header), "cookies": dict(_pair(c) for c in args.cookie)})
         text = _explained(answer)
     elif args.command == "generations":
         answer = api.call("GET", "/v1/generations")
@@ -166,6 +183,8 @@ def _client_command(args: argparse.Namespace) -> int:
                          for c in answer["changes"]) or "no differences"
     elif args.command == "flags":
         answer, text = _flags(api, args)
+    elif args.command == "versions":
+        answer, text = _versions(api, args)
     elif args.command == "reload":
         answer = api.call("POST", "/v1/reload")
         text = f"generation {answer['generation']}: {answer['what']}"
@@ -184,15 +203,16 @@ def _client_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flag_line(key: str, flag: dict[str, Any]) -> str:
+    state = "on " if flag["enabled"] else "off"
+    rollout = " ".join(f"{v}={p:g}%" for v, p in flag.get("rollout", {}).items()) or "-"
+    return f"flag {key:<20} {state} default={flag['default']:<10} rules={flag['rules']}  rollout {rollout}"
+
+
 def _flags(api: AdminClient, args: argparse.Namespace) -> tuple[Any, str]:
     if args.action == "list":
         answer = api.call("GET", "/v1/flags")
-        lines = []
-        for key, flag in answer["flags"].items():
-            state = "on " if flag["enabled"] else "off"
-            rollout = " ".join(f"{v}={p:g}%" for v, p in flag.get("rollout", {}).items()) or "-"
-            lines.append(f"{key:<20} {state} default={flag['default']:<10} rules={flag['rules']}  rollout {rollout}")
-        return answer, "\n".join(lines) or "no flags"
+        return answer, "\n".join(_flag_line(key, flag) for key, flag in answer["flags"].items()) or "no flags"
     if not args.key:
         raise ClientError(f"flags {args.action} needs a flag key")
     if args.action == "set":
@@ -217,6 +237,44 @@ def _flags(api: AdminClient, args: argparse.Namespace) -> tuple[Any, str]:
     else:
         answer = api.call("POST", f"/v1/flags/{args.key}/{args.action}")
     return answer, f"generation {answer['generation']}: {answer['what']}"
+
+
+def _versions(api: AdminClient, args: argparse.Namespace) -> tuple[Any, str]:
+    path = f"/v1/services/{args.service}/versions/{args.version}"
+    if args.action == "set":
+        answer = api.call("PUT", path, {"endpoints": args.endpoints, "draining": args.draining})
+        return answer, f"generation {answer['generation']}: {answer['what']}"
+    state = api.call("GET", "/v1/state")
+    entry = state["services"].get(args.service, {}).get("versions", {}).get(args.version)
+    if entry is None:
+        raise ClientError(f"no version {args.version!r} of service {args.service!r}")
+    health = entry.get("health", {})
+    draining = [e for e, status in health.items() if status == "draining"]
+    missing = [e for e in args.endpoints if e not in entry["endpoints"]]
+    if missing:
+        raise ClientError(f"{', '.join(missing)}: not an endpoint of {args.service}/{args.version} "
+                          f"(endpoints: {', '.join(entry['endpoints']) or 'none'})")
+    body = {"endpoints": entry["endpoints"], "draining": sorted({*draining, *args.endpoints})}
+    answer = api.call("PUT", path, body, state["generation"])
+    return answer, f"generation {answer['generation']}: draining {', '.join(args.endpoints)} of {args.service}/" \
+                   f"{args.version}"
+
+
+def _header(text: str) -> tuple[str, str]:
+    """A header as curl writes it ('Name: value'), or Name=value."""
+    colon, equals = text.find(":"), text.find("=")
+    if colon > 0 and (equals == -1 or colon < equals):
+        return text[:colon].strip(), text[colon + 1:].strip()
+    return _pair(text)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("turnout")
+    except PackageNotFoundError:
+        return "(not installed)"
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -270,7 +328,12 @@ def _status(state: dict[str, Any]) -> str:
         if "overridden" in service:
             lines.append(_overridden(service["overridden"]))
         for version, entry in service["versions"].items():
-            lines.append(f"  version {version:<10} {' '.join(entry['endpoints']) or '(no endpoints)'}")
+            health = entry.get("health", {})
+            draining = [e for e, status in health.items() if status == "draining"]
+            serving = [e + ("" if health.get(e, "up") == "up" else f" ({health[e]})") for e in entry["endpoints"]
+                       if e not in draining]
+            lines.append(f"  version {version:<10} {' '.join(serving) or '(no endpoints)'}"
+                         + (f"  draining {' '.join(draining)}" if draining else ""))
         for rule in service["rules"]:
             match = json.dumps(rule["match"], separators=(",", ":")) if "match" in rule else "(default)"
             if "version" in rule:
@@ -280,6 +343,9 @@ def _status(state: dict[str, Any]) -> str:
                 owned = " ".join(f"{v}:{n}" for v, n in rule["buckets"].items())
                 target = f"split {split}  sticky {json.dumps(rule['sticky'])}  buckets {owned}"
             lines.append(f"  rule {rule['name']:<14} {match:<40} {target}")
+    if state.get("flags"):
+        lines.append("")
+        lines.extend(_flag_line(key, flag) for key, flag in state["flags"].items())
     flagged = {where: entry for where, entry in state.get("overridden", {}).items()
                if not where.startswith("services.") or where.removeprefix("services.") not in state["services"]}
     if flagged:

@@ -9,6 +9,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 __all__ = ["AdminClient", "ClientError", "resolve"]
 
 DEFAULT_URL = "http://127.0.0.1:9901"
@@ -22,16 +24,22 @@ class ClientError(Exception):
 
 
 def resolve(url: str | None, token: str | None, token_file: str | None,
-            controller: str | None = None) -> tuple[str, str, str]:
+            controller: str | None = None, config: str | None = None) -> tuple[str, str, str]:
     """Which admin API to talk to, its token, and what it is ("controller" or "admin API"):
     1. ``--controller URL`` or TURNOUT_CONTROLLER_URL: the controller (token: ``--token``,
        TURNOUT_CONTROLLER_TOKEN, ``--token-file``, or config/controller.token);
     2. ``--admin URL`` or TURNOUT_ADMIN_URL: a proxy's admin API (token: ``--token``,
        TURNOUT_ADMIN_TOKEN, ``--token-file``, or config/admin.token);
-    3. otherwise the demo of ``make run``: its controller if config/controller.token exists, else the
+    3. ``--config FILE`` or TURNOUT_CONFIG: the API that config file describes (a controller's config:
+       its listen address and token; a proxy's: its admin listener and token), wherever the file is;
+    4. otherwise the demo of ``make run``: its controller if config/controller.token exists, else the
        standalone proxy's admin API."""
     controller = controller or os.environ.get("TURNOUT_CONTROLLER_URL")
     admin = url or os.environ.get("TURNOUT_ADMIN_URL")
+    config = config or os.environ.get("TURNOUT_CONFIG")
+    if controller is None and admin is None and config is not None:
+        kind, where, file_token = _from_config(config)
+        return where, token or file_token(token_file), kind
     if controller is None and admin is None and Path(CONTROLLER_TOKEN_FILE).exists():
         controller = CONTROLLER_URL
     if controller is not None:
@@ -48,6 +56,43 @@ def resolve(url: str | None, token: str | None, token_file: str | None,
     if "://" not in where:
         where = "http://" + where  # "127.0.0.1:9901" works as well
     return where.rstrip("/"), token, kind
+
+
+def _from_config(path: str) -> tuple[str, str, Any]:
+    """(kind, URL, token reader) of the API a config file describes. Only the fields needed are read;
+    ``turnout check`` is what validates a file."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ClientError(f"cannot read {path}: {exc}") from None
+    raw = raw if isinstance(raw, dict) else {}
+    base = Path(path).resolve().parent
+    section = raw.get("controller")
+    if isinstance(section, dict) and "url" not in section:  # a controller's own config
+        kind, listen, default = "controller", section.get("listen", "127.0.0.1:9911"), "controller.token"
+    else:
+        section = raw.get("admin")
+        if not isinstance(section, dict):
+            raise ClientError(f"{path} has no admin section: its proxy serves no admin API")
+        kind, listen, default = "admin API", section.get("listen", "127.0.0.1:9901"), "admin.token"
+    host, _, port = str(listen).rpartition(":")
+    host = "127.0.0.1" if host in ("", "0.0.0.0") else host.strip("[]")
+    host = f"[{host}]" if ":" in host else host
+    env, file = section.get("token_env"), section.get("token_file", default)
+
+    def read(given_file: str | None) -> str:
+        if env and not given_file:
+            value = os.environ.get(str(env), "")
+            if not value:
+                raise ClientError(f"{path}: its token is in ${env}, which is not set here")
+            return value
+        target = Path(given_file) if given_file else base / str(file)
+        try:
+            return target.read_text().strip()
+        except OSError as exc:
+            raise ClientError(f"cannot read the token file {target}: {exc.strerror}") from None
+
+    return kind, f"http://{host}:{port}", read
 
 
 class AdminClient:

@@ -236,3 +236,46 @@ async def test_rollout_commands_and_watch_as_plain_lines(upstreams, tmp_path: Pa
         await load.finish()
     finally:
         setup.stop()
+
+
+async def test_operator_basics_version_json_anywhere_curl_headers_endpoints_and_a_config_elsewhere(
+        upstreams, spawn_proxy, tmp_path: Path) -> None:
+    from ..integration.test_managed import free_port
+
+    v1, v2, v3 = await upstreams("v1"), await upstreams("v2"), await upstreams("v3")
+    document = yaml.safe_load(config_text(v1.address, v2.address, {"v1": 90, "v2": 10}))
+    document["admin"]["listen"] = f"127.0.0.1:{free_port()}"  # a config that names its admin port, as a user's does
+    process = spawn_proxy(yaml.safe_dump(document))
+    await wait_admin(process)
+    elsewhere = {"HOME": str(tmp_path)}  # run from another directory, found through the config file only
+
+    def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "proxy.cli", *args], capture_output=True, text=True, timeout=30,
+                              env={**os.environ, **env}, cwd="/")
+
+    version = await asyncio.to_thread(run, "--version")
+    assert version.returncode == 0 and version.stdout.startswith("turnout 0.")
+    config = str(process.config_path)
+    before = await asyncio.to_thread(run, "--json", "status", "--config", config, **elsewhere)  # --json first
+    assert before.returncode == 0, before.stderr
+    assert json.loads(before.stdout)["generation"] == 1
+    via_env = await asyncio.to_thread(run, "status", "--json", TURNOUT_CONFIG=config)  # --json after
+    assert json.loads(via_env.stdout)["generation"] == 1
+    why = await asyncio.to_thread(run, "explain", "--host", "shop.test", "-H", "X-Beta: 1", "--config", config)
+    assert "rule beta: matched" in why.stdout, why.stderr
+
+    added = await asyncio.to_thread(run, "versions", "set", "shop", "v2", v2.address, v3.address, "--config", config)
+    assert added.returncode == 0 and "endpoints of shop/v2" in added.stdout, added.stderr
+    drained = await asyncio.to_thread(run, "versions", "drain", "shop", "v2", v3.address, "--config", config)
+    assert drained.returncode == 0 and f"draining {v3.address} of shop/v2" in drained.stdout, drained.stderr
+    status = (await asyncio.to_thread(run, "status", "--config", config)).stdout
+    assert f"version v2         {v2.address}  draining {v3.address}" in status
+    assert "flag " not in status or "rollout" in status
+    async with aiohttp.ClientSession() as session:
+        seen = set()
+        for i in range(40):  # v2's new requests all reach its one serving endpoint
+            async with session.get(f"http://127.0.0.1:{process.port}/", headers={"X-Beta": "1", "X-User": str(i)}) as r:
+                seen.add(r.headers["X-Version"])
+        assert seen == {"v2"} and v3.seen == []
+    wrong = await asyncio.to_thread(run, "versions", "drain", "shop", "v2", "127.0.0.1:1", "--config", config)
+    assert wrong.returncode == 1 and "not an endpoint of shop/v2" in wrong.stderr
