@@ -142,7 +142,8 @@ class Outlier:
 
     consecutive_failures: int = 5  # connect failures or 5xx answers in a row
     base_ejection: float = 30.0  # the first ejection; the n-th lasts n times as long
-    max_ejection_percent: int = 50  # never eject more than this share of a version's endpoints
+    min_healthy_percent: int = 50  # ejection never leaves fewer healthy endpoints (and never none)
+    enabled: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -398,14 +398,15 @@ class Reader:
         return InjectFlags(header.lower(), tuple(self.string(k, f"{path}.flags[{i}]") for i, k in enumerate(keys)))
 
     def outlier(self, raw: Any, path: str) -> Outlier:
-        body = self.mapping(raw, path, {"consecutive_failures", "base_ejection", "max_ejection_percent"})
+        body = self.mapping(raw, path, {"consecutive_failures", "base_ejection", "min_healthy_percent", "enabled"})
         default = Outlier()
         return Outlier(
             self.integer(body.get("consecutive_failures", default.consecutive_failures),
                          _join(path, "consecutive_failures"), 1, 1000),
             self.duration(body.get("base_ejection", default.base_ejection), _join(path, "base_ejection")),
-            self.integer(body.get("max_ejection_percent", default.max_ejection_percent),
-                         _join(path, "max_ejection_percent"), 0, 100),
+            self.integer(body.get("min_healthy_percent", default.min_healthy_percent),
+                         _join(path, "min_healthy_percent"), 0, 100),
+            self.boolean(body.get("enabled", True), _join(path, "enabled")),
         )
 
     def retries(self, raw: Any, path: str) -> Retries:

@@ -51,12 +51,13 @@ FLAG_PREFIX = "flag:"  # flag tables share the state file with split tables: kee
 class VersionRoute:
     """A version's endpoints in a snapshot, picked round-robin, with its service's failure policies."""
 
-    __slots__ = ("_next", "addresses", "draining", "endpoints", "name", "outlier", "retries")
+    __slots__ = ("_next", "addresses", "draining", "endpoints", "name", "outlier", "retries", "where")
 
     def __init__(self, name: str, endpoints: tuple[Target, ...],
                  outlier: Outlier = _NO_OUTLIER, retries: Retries = _NO_RETRIES,
-                 draining: tuple[Target, ...] = ()) -> None:
+                 draining: tuple[Target, ...] = (), service: str = "") -> None:
         self.name = name
+        self.where = f"service {service} version {name}"  # for log lines about its endpoints
         self.endpoints = endpoints  # the ones that take new requests
         self.draining = draining  # still listed, finishing what they have, taking nothing new
         self.addresses = tuple(target.address for target in endpoints)
@@ -324,6 +325,7 @@ def build(config: Config, generation: int = 1, tables: Mapping[tuple[str, str], 
                 tuple(_target(service, v, e) for e in v.endpoints if e not in v.draining),
                 service.outlier, service.retries,
                 tuple(_target(service, v, e) for e in v.endpoints if e in v.draining),
+                service.name,
             )
             for v in service.versions
         }

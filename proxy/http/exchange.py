@@ -250,7 +250,8 @@ class Exchange:
     def count_failure(self, route: VersionRoute, target: Target) -> None:
         """A failed try counts against its endpoint (passive health), and may eject it."""
         worker = self.down.worker
-        if worker.health.failure(target.address, route.addresses, route.outlier, worker.now) and self.stats:
+        if worker.health.failure(target.address, route.addresses, route.outlier, worker.now, route.where) \
+                and self.stats:
             self.stats.ejections += 1
 
     def finish(self) -> None:

@@ -118,3 +118,52 @@ async def test_retries_never_resend_a_request_with_a_body(upstreams, proxy) -> N
         assert response.status == 503  # the answer is passed on; the POST is not sent twice
     assert bad_seen == ["/"] and good.seen == []
     await bad.close()
+
+
+async def test_a_lone_endpoint_is_never_ejected_by_passive_checks(upstreams, proxy, caplog) -> None:
+    """The compose case: one container per version. Its 5xx blip reaches clients as the app's own
+    answers, and when the app recovers it is served at once; it never becomes 30 s of 503."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="turnout")
+    seen: list[str] = []
+    answers = {"status": 500}
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        return web.Response(status=answers["status"], headers={"X-Version": "v1"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    lone = TestServer(app, host="127.0.0.1")
+    await lone.start_server()
+    worker = await proxy({"s": {"versions": {"v1": [f"127.0.0.1:{lone.port}"]}, "version": "v1"}})
+    assert await get_all(worker.port, 12) == {"500 v1": 12}  # the app's answers, not "no healthy endpoint"
+    assert len(seen) == 12 and worker.health.status(f"127.0.0.1:{lone.port}") == "up"
+    answers["status"] = 200
+    assert await get_all(worker.port, 5) == {"200 v1": 5}  # recovered: served at once
+    held = [r.getMessage() for r in caplog.records if "keeps failing" in r.getMessage()]
+    assert len(held) == 1 and held[0].startswith(f"service s version v1: endpoint 127.0.0.1:{lone.port} keeps failing")
+    await lone.close()
+
+
+async def test_ejection_is_logged_with_service_version_and_reason_and_can_be_turned_off(
+        upstreams, proxy, caplog) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="turnout")
+    a = await upstreams("v1")
+    dead = await closed_address()
+    worker = await proxy({"s": {"versions": {"v1": [a.address, dead]}, "version": "v1",
+                                "outlier": {"base_ejection": "300ms"}}})
+    assert await get_all(worker.port, 20) == {"200 v1": 20}
+    ejected = [r.getMessage() for r in caplog.records if "ejected for" in r.getMessage()]
+    assert ejected == [f"service s version v1: endpoint {dead} ejected for 0.3s: 5 connect failures, timeouts "
+                       "or 5xx answers in a row"]
+    await asyncio.sleep(1.3)  # the sweeper ends the ejection (it runs every second)
+    assert any(f"endpoint {dead} is back" in r.getMessage() for r in caplog.records)
+
+    off = await proxy({"s": {"versions": {"v1": [a.address, dead]}, "version": "v1",
+                             "outlier": {"enabled": False}}})
+    assert await get_all(off.port, 20) == {"200 v1": 20}  # connect failures retried, never ejected
+    assert off.health.status(dead) == "up"
