@@ -127,3 +127,48 @@ def test_an_upstream_that_never_answers_gets_504_at_the_read_deadline(setup: Set
     assert setup.client.written == b""
     setup.tick(0.2)
     assert setup.status() == 504
+
+
+def _client(worker: Worker) -> tuple[Downstream, Transport]:
+    transport = Transport()
+    down = Downstream(worker, worker.listeners["http"])
+    down.connection_made(transport)  # type: ignore[arg-type]
+    return down, transport
+
+
+def _upstream(worker: Worker) -> tuple[UpstreamConnection, Transport]:
+    pool = worker.pool(worker.state.services["shop"].versions["v1"].endpoints[0])
+    transport = Transport()
+    conn = UpstreamConnection(pool)
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    pool.open += 1
+    pool.idle.append(conn)
+    return conn, transport
+
+
+@pytest.mark.parametrize("reader_state", ["paused", "finished"])
+def test_the_read_deadline_fires_on_time_whatever_another_client_did(setup: Setup, reader_state: str) -> None:
+    """A slow client reading a long chunked response (its writes paused, its upstream paused), then
+    another client whose upstream never answers: that one's 504 comes at read_timeout, not later."""
+    slow, slow_client = setup.down, setup.client
+    slow.data_received(HEAD)
+    setup.conn.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    slow.pause_writing()
+    for _ in range(50):  # a long response trickling out while the client does not read
+        setup.conn.data_received(b"400\r\n" + b"x" * 1024 + b"\r\n")
+        setup.tick(0.1)
+    if reader_state == "finished":
+        slow.resume_writing()
+        setup.conn.data_received(b"0\r\n\r\n")
+        assert slow_client.written.endswith(b"0\r\n\r\n")
+    # The second client: its request reaches an upstream that never answers (the first one is busy or
+    # idle again in the pool; either may be picked).
+    second_conn, second_upstream = _upstream(setup.worker)
+    other, other_client = _client(setup.worker)
+    other.data_received(HEAD)
+    assert setup.upstream.written.count(b"GET /") + second_upstream.written.count(b"GET /") == 2
+    for _ in range(399):
+        setup.tick(0.1)
+    assert other_client.written == b""
+    setup.tick(0.2)
+    assert other_client.written.split(b" ", 2)[1] == b"504"
