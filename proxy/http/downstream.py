@@ -36,9 +36,12 @@ if TYPE_CHECKING:
 __all__ = ["Downstream"]
 
 # What a deadline means when it passes.
-NONE, HEADERS, BODY, IDLE, POOL = 0, 1, 2, 3, 4
+NONE, HEADERS, BODY, IDLE, POOL, DRAIN = 0, 1, 2, 3, 4, 5
 NEVER = float("inf")
 LINGER = 2.0  # seconds a closing connection keeps reading (and discarding) after its last response
+# At a drain, an idle keep-alive connection stays open this long: a request already on its way is
+# answered (with Connection: close) instead of meeting a closed connection; then it is half-closed.
+DRAIN_IDLE = 1.0
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 _METHODS: dict[bytes, str] = {}
@@ -490,6 +493,8 @@ class Downstream(asyncio.Protocol):
                 self.reject(408, "request body timeout")
         elif kind == POOL and self.queue:
             self.queue[0].fail(503, "no upstream connection available")
+        elif kind == DRAIN:
+            self.close_lingering()
 
     def check_upstream(self, now: float) -> None:
         if self.queue:
@@ -499,8 +504,9 @@ class Downstream(asyncio.Protocol):
                 active.upstream_timeout()
 
     def drain(self) -> None:
-        """Shutdown: close if idle, else close after the response in progress."""
+        """Shutdown: close after the response in progress; an idle connection after ``DRAIN_IDLE``, so
+        that a request already on the wire is answered (``Connection: close``), then half-closed."""
         self.closing = True
         busy = self.queue or self.in_head or self.incoming or self.tunnel or self.upgrading
         if not busy:
-            self.close_lingering()
+            self.set_deadline(DRAIN, DRAIN_IDLE)

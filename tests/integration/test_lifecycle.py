@@ -156,3 +156,50 @@ async def test_50_megabytes_both_ways_with_bounded_memory(upstreams, spawn_proxy
         assert digest.hexdigest() == expected.hexdigest()
     growth_mib = (process.rss_peak_kib() - baseline) / 1024
     assert growth_mib < 32, f"proxy peak memory grew by {growth_mib:.1f} MiB for 50 MiB bodies"
+
+
+async def test_sigterm_under_keep_alive_load_fails_no_request_on_an_open_connection(upstreams, spawn_proxy) -> None:
+    """20 keep-alive clients under load, then SIGTERM. Every request sent on an open connection is
+    answered, the last ones with ``Connection: close``; no client sees a reset. A request that meets a
+    connection closing after it idled (the stale-connection case RFC 9112 §9.3.1 lets clients retry
+    for idempotent requests) is counted apart; with this steady load, none is expected."""
+    v1, v2 = await upstreams("v1"), await upstreams("v2")
+    process = spawn_proxy(config_for(v1.address, v2.address, {"v1": 1, "v2": 1}, limits={"shutdown_grace": "300ms"}))
+    request = b"GET /load HTTP/1.1\r\nHost: s\r\nX-User: u\r\n\r\n"
+    outcome: Counter[str] = Counter()
+
+    async def client(index: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", process.port)
+        answered = 0
+        for _ in range(5000):  # bounded
+            writer.write(request)
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            except asyncio.IncompleteReadError as exc:
+                outcome["stale: closed before an answer" if answered and not exc.partial else "cut mid-answer"] += 1
+                break
+            except ConnectionResetError:
+                outcome["reset"] += 1
+                break
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            await reader.readexactly(length)
+            status = int(head.split(b" ", 2)[1])
+            outcome[f"status {status}"] += 1
+            answered += 1
+            if b"connection: close" in head.lower():
+                outcome["told to close"] += 1
+                break
+            await asyncio.sleep(0.005)
+        writer.close()
+
+    clients = [asyncio.create_task(client(i)) for i in range(20)]
+    await asyncio.sleep(1.0)
+    process.signal(signal.SIGTERM)
+    await asyncio.wait_for(asyncio.gather(*clients), 30)
+    assert await asyncio.to_thread(process.wait, 15) == 0
+    assert outcome["reset"] == 0 and outcome["cut mid-answer"] == 0, outcome
+    assert set(outcome) <= {"status 200", "told to close", "stale: closed before an answer"}, outcome
+    assert outcome["told to close"] + outcome["stale: closed before an answer"] == 20  # every client ended cleanly
+    assert outcome["stale: closed before an answer"] == 0, outcome
+    assert outcome["status 200"] > 500

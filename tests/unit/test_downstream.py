@@ -172,3 +172,23 @@ def test_the_read_deadline_fires_on_time_whatever_another_client_did(setup: Setu
     assert other_client.written == b""
     setup.tick(0.2)
     assert other_client.written.split(b" ", 2)[1] == b"504"
+
+
+def test_at_a_drain_an_idle_connection_answers_a_request_on_its_way_then_half_closes(setup: Setup) -> None:
+    setup.down.data_received(HEAD)
+    setup.conn.data_received(ANSWER)
+    assert b"Connection: close" not in setup.client.written
+    setup.down.drain()
+    setup.tick(0.5)
+    assert not setup.client.eof and not setup.client.closed  # still open: a request may be on its way
+    setup.down.data_received(HEAD)  # it arrives: answered, and told the connection ends
+    setup.conn.data_received(ANSWER)
+    last = setup.client.written.rsplit(b"HTTP/1.1 ", 1)[1]
+    assert last.startswith(b"200") and b"connection: close" in last.lower()
+    assert setup.client.eof and not setup.client.aborted  # half-closed, never reset
+    idle = Setup()
+    idle.down.drain()
+    idle.tick(0.9)
+    assert not idle.client.eof
+    idle.tick(0.2)
+    assert idle.client.eof and not idle.client.aborted  # no request came: half-closed at DRAIN_IDLE
