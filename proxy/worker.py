@@ -80,6 +80,7 @@ class Worker:
         }
         self.pools: dict[str, Pool] = {}
         self.downstreams: set[Downstream] = set()
+        self.clients: dict[str, int] = {}  # open connections per client address
         self.draw = functools.partial(random.Random().getrandbits, 64)
         self.now = 0.0
         self.draining = False

@@ -191,6 +191,8 @@ class Limits:
     max_header_bytes: int = 32_768
     max_header_count: int = 100  # header fields per request (HAProxy: 101)
     max_connections: int = 10_000
+    max_connections_per_client: int = 1024  # per client address and worker process
+    min_body_rate: int = 512  # bytes/s a request body must average after its first body_idle_timeout (0: off)
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     max_connections_per_endpoint: int = 1024

@@ -329,7 +329,7 @@ class Reader:
             if isinstance(current, float):
                 values[key] = self.duration(value, _join(path, key))
             else:
-                values[key] = self.integer(value, _join(path, key), 1, 1 << 30)
+                values[key] = self.integer(value, _join(path, key), 0 if key == "min_body_rate" else 1, 1 << 30)
         return Limits(**values)
 
     def demo(self, raw: Any, path: str) -> tuple[DemoApp, ...]:

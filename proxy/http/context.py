@@ -61,6 +61,9 @@ class ServingContext(Protocol):
     @property
     def downstreams(self) -> set[Downstream]: ...
     @property
+    def clients(self) -> dict[str, int]:
+        """Open connections per client address (``limits.max_connections_per_client``)."""
+    @property
     def draw(self) -> Callable[[], int]:
         """64 random bits: weighted choices and fresh sticky keys."""
     @property

@@ -53,6 +53,8 @@ _HOSTS_KEPT = 4096
 
 class Downstream(asyncio.Protocol):
     __slots__ = (
+        "body_bytes",
+        "body_started",
         "buffer_paused",
         "client_ip",
         "client_ip_bytes",
@@ -102,6 +104,8 @@ class Downstream(asyncio.Protocol):
         self.upstream_paused = False
         self.buffer_paused = False
         self.write_paused = False
+        self.body_started = 0.0  # when the request body began, and how much of it came since
+        self.body_bytes = 0
         self.closing = False
         self.dead = False
 
@@ -115,11 +119,20 @@ class Downstream(asyncio.Protocol):
             self.transport.write(local_response(503, "too many connections", close=True))
             self.transport.close()
             return
-        worker.downstreams.add(self)
         peer = transport.get_extra_info("peername")
         if peer:
             self.client_ip = peer[0]
             self.client_ip_bytes = self.client_ip.encode()
+        clients = worker.clients
+        held = clients.get(self.client_ip, 0)
+        if held >= self.limits.max_connections_per_client:
+            # One address cannot take every connection slot (idle sockets, slow bodies).
+            self.dead = True
+            self.transport.write(local_response(503, "too many connections from this address", close=True))
+            self.transport.close()
+            return
+        clients[self.client_ip] = held + 1
+        worker.downstreams.add(self)
         self.set_deadline(HEADERS, self.limits.header_timeout)
 
     def data_received(self, data: bytes) -> None:
@@ -153,7 +166,14 @@ class Downstream(asyncio.Protocol):
         self.start_next()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.worker.downstreams.discard(self)
+        worker = self.worker
+        if self in worker.downstreams:
+            worker.downstreams.discard(self)
+            held = worker.clients.get(self.client_ip, 1) - 1
+            if held > 0:
+                worker.clients[self.client_ip] = held
+            else:
+                worker.clients.pop(self.client_ip, None)
         self.dead = True
         while self.queue:
             self.queue.popleft().cancel()
@@ -169,6 +189,8 @@ class Downstream(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.body_started = 0.0  # when the request body began, and how much of it came since
+        self.body_bytes = 0
         self._upstream_reading(True)
 
     # ------------------------------------------------------------------ httptools callbacks
@@ -202,12 +224,21 @@ class Downstream(asyncio.Protocol):
         exchange = self.prepare()
         self.incoming = exchange
         self.set_deadline(BODY, self.limits.body_idle_timeout)
+        self.body_started, self.body_bytes = self.worker.now, 0
         self.enqueue(exchange)
 
     def on_body(self, body: bytes) -> None:
         exchange = self.incoming
         if exchange is not None:
-            self.deadline = self.worker.now + self.limits.body_idle_timeout
+            limits = self.limits
+            self.body_bytes += len(body)
+            deadline = self.worker.now + limits.body_idle_timeout
+            if limits.min_body_rate:
+                # After the first body_idle_timeout, the body must average min_body_rate bytes/s: a byte
+                # every few seconds resets the idle deadline, never this one.
+                deadline = min(deadline, self.body_started + limits.body_idle_timeout
+                               + self.body_bytes / limits.min_body_rate)
+            self.deadline = deadline
             exchange.request_body(body)
 
     def on_message_complete(self) -> None:

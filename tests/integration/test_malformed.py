@@ -147,3 +147,35 @@ async def test_a_catastrophic_regex_rule_does_not_stall_the_worker(upstreams, pr
         for header, version in (("a" * 60 + "!", "v1"), ("a" * 60, "v2")):
             async with session.get(f"http://127.0.0.1:{worker.port}/", headers={"X-A": header}) as response:
                 assert response.headers["X-Version"] == version
+
+
+async def test_slow_bodies_and_one_address_cannot_exhaust_connections(upstreams, proxy) -> None:
+    up = await upstreams("v1")  # reads the whole body before it answers
+    worker = await proxy({"s": service({"v1": [up.address]}, version="v1")},
+                         limits={"body_idle_timeout": "1s", "min_body_rate": 512, "max_connections_per_client": 3})
+    # A byte every 0.4 s keeps the idle deadline (1 s) alive forever; the minimum rate does not.
+    reader, writer = await asyncio.open_connection("127.0.0.1", worker.port)
+    writer.write(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\n")
+    answer = b""
+    for _ in range(20):  # bounded: 8 s
+        await asyncio.sleep(0.4)
+        try:
+            writer.write(b"x")
+            answer += await asyncio.wait_for(reader.read(1000), 0.01)
+        except (TimeoutError, ConnectionError):
+            pass
+        if answer:
+            break
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    writer.close()
+    # Three connections from 127.0.0.1 are allowed; a fourth is answered 503 and closed.
+    held = [await asyncio.open_connection("127.0.0.1", worker.port) for _ in range(3)]
+    await asyncio.sleep(0.1)
+    extra_reader, extra_writer = await asyncio.open_connection("127.0.0.1", worker.port)
+    refused = await asyncio.wait_for(extra_reader.read(1000), 3)
+    assert refused.startswith(b"HTTP/1.1 503") and b"too many connections from this address" in refused
+    extra_writer.close()
+    for _, w in held:
+        w.close()
+    await asyncio.sleep(0.2)
+    assert parse_response(await raw_exchange(worker.port, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"))[0] == 200

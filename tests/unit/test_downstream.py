@@ -99,6 +99,9 @@ def test_an_unfinished_head_gets_408_at_the_header_deadline(setup: Setup) -> Non
 
 
 def test_a_stalled_body_gets_408_at_the_body_idle_deadline_and_each_byte_resets_it(setup: Setup) -> None:
+    from dataclasses import replace
+
+    setup.down.limits = replace(setup.down.limits, min_body_rate=0)  # the idle deadline alone
     setup.down.data_received(b"POST / HTTP/1.1\r\nHost: shop\r\nContent-Length: 10\r\n\r\nab")
     setup.tick(19.0)
     setup.down.data_received(b"cd")  # progress: the deadline starts again from now
@@ -163,7 +166,7 @@ def test_the_read_deadline_fires_on_time_whatever_another_client_did(setup: Setu
         assert slow_client.written.endswith(b"0\r\n\r\n")
     # The second client: its request reaches an upstream that never answers (the first one is busy or
     # idle again in the pool; either may be picked).
-    second_conn, second_upstream = _upstream(setup.worker)
+    _, second_upstream = _upstream(setup.worker)
     other, other_client = _client(setup.worker)
     other.data_received(HEAD)
     assert setup.upstream.written.count(b"GET /") + second_upstream.written.count(b"GET /") == 2
@@ -192,3 +195,39 @@ def test_at_a_drain_an_idle_connection_answers_a_request_on_its_way_then_half_cl
     assert not idle.client.eof
     idle.tick(0.2)
     assert idle.client.eof and not idle.client.aborted  # no request came: half-closed at DRAIN_IDLE
+
+
+def test_a_body_trickling_a_byte_every_two_seconds_is_cut_by_the_minimum_rate(setup: Setup) -> None:
+    setup.down.data_received(b"POST / HTTP/1.1\r\nHost: shop\r\nContent-Length: 100000\r\n\r\n")
+    for _ in range(20):  # 40 s: each byte comes well within body_idle_timeout (20 s)
+        setup.tick(2.0)
+        setup.down.data_received(b"x")
+        if setup.client.written:
+            break
+    # 512 B/s after the first 20 s: a trickle of 0.5 B/s is cut soon after that grace, not at 40 s or never.
+    assert setup.status() == 408 and setup.worker.now - 1000.0 <= 22.5
+
+
+def test_a_steady_body_is_never_cut_by_the_rate(setup: Setup) -> None:
+    setup.down.data_received(b"POST / HTTP/1.1\r\nHost: shop\r\nContent-Length: 100000\r\n\r\n")
+    for _ in range(50):  # 1 KiB every second for 50 s: twice the minimum rate
+        setup.tick(1.0)
+        setup.down.data_received(b"x" * 1024)
+    assert setup.client.written == b""
+
+
+def test_one_address_cannot_take_every_connection() -> None:
+    capped = CONFIG.replace("read_timeout: 40s}", "read_timeout: 40s, max_connections_per_client: 3}")
+    worker = Worker(reader.parse(capped, "t.yaml"))
+    clients = []
+    for _ in range(4):
+        transport = Transport()
+        down = Downstream(worker, worker.listeners["http"])
+        down.connection_made(transport)  # type: ignore[arg-type]
+        clients.append((down, transport))
+    assert [t.closed for _, t in clients] == [False, False, False, True]
+    assert b"503" in clients[3][1].written and b"too many connections from this address" in clients[3][1].written
+    clients[0][0].connection_lost(None)  # one closes: the address may open another
+    again = Transport()
+    Downstream(worker, worker.listeners["http"]).connection_made(again)  # type: ignore[arg-type]
+    assert not again.closed and worker.clients == {"127.0.0.1": 3}
