@@ -338,18 +338,14 @@ def _done(entry: MetricRun) -> bool:
 
 def verdict(run: Run) -> tuple[Verdict, str]:
     """The run's verdict and, when it is not Running, why (the deciding measurement)."""
-    for entry in run.metrics:
-        failed = entry.tally(Result.FAILED)
-        if failed >= entry.metric.failure_limit:
-            last = next(m for m in reversed(entry.measurements) if m.result is Result.FAILED)
-            return Verdict.FAILED, (f"{run.label}: {entry.metric.name} failed {failed}/"
-                                    f"{entry.metric.failure_limit}: {last.detail}")
-    for entry in run.metrics:
-        unsure = entry.tally(Result.INCONCLUSIVE)
-        if unsure >= entry.metric.inconclusive_limit:
-            last = next(m for m in reversed(entry.measurements) if m.result is Result.INCONCLUSIVE)
-            return Verdict.INCONCLUSIVE, (f"{run.label}: {entry.metric.name} inconclusive {unsure}/"
-                                          f"{entry.metric.inconclusive_limit}: {last.detail}")
+    for result, found, said in ((Result.FAILED, Verdict.FAILED, "failed"),
+                                (Result.INCONCLUSIVE, Verdict.INCONCLUSIVE, "inconclusive")):
+        for entry in run.metrics:
+            count = entry.tally(result)
+            limit = entry.metric.failure_limit if result is Result.FAILED else entry.metric.inconclusive_limit
+            if count >= limit:
+                last = next(m for m in reversed(entry.measurements) if m.result is result)
+                return found, f"{run.label}: {entry.metric.name} {said} {count}/{limit}: {last.detail}"
     if run.metrics and all(_done(entry) for entry in run.metrics):
         return Verdict.SUCCESSFUL, f"{run.label}: every metric passed"
     return Verdict.RUNNING, ""
