@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench clean prometheus
+.PHONY: run test lint bench clean servers
 
 # `make run` installs what Turnout needs to run; `make test` adds the test toolchain.
 $(BIN)/.installed: pyproject.toml
@@ -32,14 +32,22 @@ lint: $(BIN)/.installed-test
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# Rollout analysis is tested against a real Prometheus server: Debian's, installed if missing.
+# The tests use real servers: Debian's Prometheus (rollout analysis) and Docker engine with a static
+# busybox (discovery; the tests start their own dockerd). Installed if missing; the package's init
+# script is kept from starting a daemon of its own (policy-rc.d), as in a container build.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get -qq -y --no-install-recommends
-prometheus:
-	@command -v prometheus >/dev/null || { echo "installing Debian's prometheus (for the analysis tests)"; \
-	  $(APT) install prometheus >/dev/null 2>&1 || { $(APT) update && $(APT) install prometheus >/dev/null; }; }
+servers:
+	@missing=""; command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
+	dpkg -s busybox-static >/dev/null 2>&1 || missing="$$missing busybox-static"; \
+	if [ -n "$$missing" ]; then echo "installing Debian's$$missing (for the tests)"; \
+	  guard=""; [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' | $(SUDO) tee /usr/sbin/policy-rc.d >/dev/null; \
+	    $(SUDO) chmod +x /usr/sbin/policy-rc.d; guard=1; }; \
+	  $(APT) install $$missing >/dev/null 2>&1 || { $(APT) update && $(APT) install $$missing >/dev/null; }; \
+	  [ -z "$$guard" ] || $(SUDO) rm -f /usr/sbin/policy-rc.d; fi
 
-test: lint prometheus
+test: lint servers
 	$(BIN)/pytest -q
 
 bench: $(BIN)/.installed

@@ -4,6 +4,7 @@
       listen: 127.0.0.1:9911            # the default
       token_file: controller.token      # default, generated 0600 beside the config; or token_env: NAME
       state_file: controller.state.json # default, beside the config
+    providers: {docker: {endpoint: unix:///var/run/docker.sock}}   # optional: endpoints from labels
     services: {...}                     # exactly the proxy's schema
     flags: {...}
     templates: {...}                    # analysis templates (controller.engine.spec)
@@ -34,6 +35,7 @@ class Settings:
     token_file: str
     token_env: str | None
     state_file: str
+    docker: str | None = None  # providers.docker.endpoint: discover the fleet's endpoints from containers
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,16 +52,17 @@ def routing_document(raw: Any) -> Any:
     return {key: raw[key] for key in ROUTING if key in raw} if isinstance(raw, dict) else raw
 
 
-def validate(document: Any, source: str) -> Config:
-    """A routing document as a config, checked by the core reader (errors name ``source`` and the field)."""
-    return from_document(document, source)
+def validate(document: Any, source: str, services_required: bool = True) -> Config:
+    """A routing document as a config, checked by the core reader (errors name ``source`` and the field).
+    With a provider, services may all come from discovery."""
+    return from_document(document, source, services_required)
 
 
 def parse(text: str, source: str) -> ControllerConfig:
     raw = read_document(text, source)
     reader = Reader(source)
     reader.unicode(raw, "")
-    top = reader.mapping(raw, "", {"controller", "rollouts", "templates", *ROUTING})
+    top = reader.mapping(raw, "", {"controller", "providers", "rollouts", "templates", *ROUTING})
     section = reader.mapping(top.get("controller"), "controller", {"listen", "token_file", "token_env", "state_file"})
     listen = reader.endpoint(section.get("listen", "127.0.0.1:9911"), "controller.listen")
     if "token_file" in section and "token_env" in section:
@@ -72,9 +75,10 @@ def parse(text: str, source: str) -> ControllerConfig:
         reader.file(section.get("token_file", "controller.token"), "controller.token_file"),
         reader.string(section["token_env"], "controller.token_env") if "token_env" in section else None,
         reader.file(section.get("state_file", "controller.state.json"), "controller.state_file"),
+        reader.providers(top.get("providers"), "providers").docker,
     )
     document = routing_document(dict(top))
-    config = validate(document, source)
+    config = validate(document, source, settings.docker is None)
     templates = read_templates(reader, top.get("templates"))
     rollouts = dict(reader.mapping(top.get("rollouts"), "rollouts"))
     services = {service.name for service in config.services}

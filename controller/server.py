@@ -20,6 +20,7 @@ from proxy.core import tokens
 from proxy.core.model import Config, ConfigError
 from proxy.core.overlay import ChangeError
 from proxy.core.writer import Writer
+from proxy.providers import containers
 
 from . import config as config_module
 from .api import Fleet, make_app
@@ -56,7 +57,7 @@ def serve(config_path: str) -> int:
         return config_module.load(config_path).document
 
     def validate(document: Any) -> Config:
-        return config_module.validate(document, loaded.source)
+        return config_module.validate(document, loaded.source, loaded.settings.docker is None)
 
     book: list[Book] = []  # the rollouts, made on the loop; their state is written with every generation
 
@@ -123,12 +124,16 @@ async def _run(writer: Writer, store: Store, loaded: config_module.ControllerCon
 
     loop = asyncio.get_running_loop()
     advancing = loop.create_task(rollouts.run())
+    docker_url = loaded.settings.docker
+    provider = containers.follow(docker_url, writer, loop) if docker_url else None
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGHUP, reload)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     await stop.wait()
     log.info("controller stopping")
+    if provider is not None:
+        provider.stop()
     advancing.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await advancing

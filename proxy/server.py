@@ -34,6 +34,7 @@ from .core.overlay import ChangeError
 from .core.reader import from_document, read_document
 from .fleet import Fleet
 from .follower import Follower, controller_token
+from .providers import containers
 from .worker import Worker, listen_socket
 
 __all__ = ["serve"]
@@ -137,7 +138,7 @@ async def _serve_one(config: Config, snapshot: wire.Snapshot, origin: Control | 
     following = _connect(origin, receive, apply, worker.collect)
     await worker.start(sockets)
     admin_runner = await _start_admin(worker, worker.config, token, origin) if token is not None else None
-    await _until_stopped(origin, "")
+    await _until_stopped(origin, "", config)
     if following is not None:
         following.cancel()
     log.info("shutting down: draining connections")
@@ -147,9 +148,10 @@ async def _serve_one(config: Config, snapshot: wire.Snapshot, origin: Control | 
     log.info("stopped")
 
 
-async def _until_stopped(origin: Control | Follower, receivers: str) -> None:
+async def _until_stopped(origin: Control | Follower, receivers: str, config: Config) -> None:
     """Reload on SIGHUP (a bad file is refused with one line and the old generation serves on) until
-    SIGTERM or SIGINT."""
+    SIGTERM or SIGINT; meanwhile a standalone proxy with ``providers.docker`` follows the engine's
+    containers (a managed proxy's controller does that)."""
     def reload_file() -> None:
         if isinstance(origin, Follower):
             task = loop.create_task(origin.reload_local())
@@ -170,7 +172,11 @@ async def _until_stopped(origin: Control | Follower, receivers: str) -> None:
     loop.add_signal_handler(signal.SIGHUP, reload_file)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
+    docker_url = config.providers.docker
+    provider = containers.follow(docker_url, origin, loop) if docker_url and isinstance(origin, Control) else None
     await stop.wait()
+    if provider is not None:
+        provider.stop()
 
 
 async def _start_admin(backend: admin.AdminBackend, config: Config, token: str,
@@ -210,7 +216,7 @@ async def _supervise(config: Config, snapshot: wire.Snapshot, origin: Control | 
     following = _connect(origin, receive, fleet.apply, fleet.collect)
     await fleet.start()
     admin_runner = await _start_admin(fleet, config, token, origin) if token is not None else None
-    await _until_stopped(origin, f" sent to {count} workers")
+    await _until_stopped(origin, f" sent to {count} workers", config)
     if following is not None:
         following.cancel()
     log.info("shutting down: draining %d workers", len(fleet.members))

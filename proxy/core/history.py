@@ -1,6 +1,7 @@
-"""The writer's desired state, as one immutable value: the loaded file's document, the admin overlay
-on top (and since when each of its entries holds), the generations kept for audit, diff and rollback,
-and the current bucket tables.
+"""The writer's desired state, as one immutable value: the loaded file's document, the discovered
+layer over it (``discovery``: containers found by a provider), the admin overlay on top (and since
+when each of its entries holds), the generations kept for audit, diff and rollback, and the current
+bucket tables.
 
 ``Desired.commit`` is the writer's whole step for one change, minus the I/O around it: number the
 generation once, plan its tables once (``routing.plan``), record who, when and what, and give back the
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import buckets, overlay, routing
+from .discovery import Discovered
+from .discovery import merge as merge_discovered
 from .model import Config
 from .overlay import ChangeError, Overlay
 from .wire import Snapshot
@@ -62,6 +65,7 @@ class Desired:
     history: tuple[Entry, ...] = ()
     generation: int = 0
     tables: buckets.Tables = field(default_factory=dict)
+    discovered: Discovered = field(default_factory=lambda: Discovered({}))
 
     @classmethod
     def restored(cls, saved: dict[str, Any] | None, file_document: Any) -> Desired:
@@ -70,17 +74,24 @@ class Desired:
             return cls(file_document)
         return cls(file_document, saved.get("overlay", {}), saved.get("since", {}),
                    tuple(Entry(**entry) for entry in saved.get("history", [])), int(saved.get("generation", 0)),
-                   buckets.decode_tables(saved.get("tables", [])))
+                   buckets.decode_tables(saved.get("tables", [])), Discovered.restored(saved.get("discovered")))
 
     def saved(self) -> dict[str, Any]:
         """What the state file keeps (plain JSON data)."""
         return {"generation": self.generation, "overlay": self.overlay, "since": self.since,
                 "history": [entry.saved() for entry in self.history],
-                "tables": buckets.encode_tables(self.tables)}
+                "tables": buckets.encode_tables(self.tables), "discovered": self.discovered.saved()}
+
+    def below(self) -> Any:
+        """What admin changes lie over: the loaded file with the discovered layer on it."""
+        return merge_discovered(self.file_document, self.discovered)
 
     def document(self, changes: Overlay | None = None) -> Any:
-        """The effective document: the loaded file with ``changes`` (default: the overlay) on top."""
-        return overlay.merge(self.file_document, self.overlay if changes is None else changes)[0]
+        """The effective document: the layers below with ``changes`` (default: the overlay) on top."""
+        return overlay.merge(self.below(), self.overlay if changes is None else changes)[0]
+
+    def with_discovered(self, discovered: Discovered) -> Desired:
+        return replace(self, discovered=discovered)
 
     def with_file(self, file_document: Any) -> Desired:
         return replace(self, file_document=file_document)
@@ -100,7 +111,7 @@ class Desired:
     def rollback_overlay(self, generation: int) -> tuple[Overlay, buckets.Tables]:
         """The overlay and the tables that route exactly as ``generation`` did, whatever the file says now."""
         entry = self.entry(generation)
-        return overlay.pin(self.file_document, entry.document), buckets.decode_tables(entry.tables)
+        return overlay.pin(self.below(), entry.document), buckets.decode_tables(entry.tables)
 
     def commit(self, who: str, what: str, changes: Overlay, config: Config, document: Any, at: float,
                plan_from: buckets.Tables | None = None) -> tuple[Desired, Entry, Snapshot]:
@@ -111,7 +122,8 @@ class Desired:
         since = {where: self.since.get(where, generation) if _same_entry(self.overlay, changes, where) else generation
                  for where in overlay.shadows(changes)}
         entry = Entry(generation, at, who, what, copy.deepcopy(changes), document, buckets.encode_tables(tables))
-        desired = Desired(self.file_document, changes, since, (*self.history, entry)[-HISTORY:], generation, tables)
+        desired = Desired(self.file_document, changes, since, (*self.history, entry)[-HISTORY:], generation, tables,
+                          self.discovered)
         return desired, entry, Snapshot(generation, config.source, document, tables)
 
     def overrides(self) -> dict[str, dict[str, Any]]:

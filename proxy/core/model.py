@@ -261,6 +261,13 @@ class DemoApp:
 
 
 @dataclass(frozen=True, slots=True)
+class Providers:
+    """Where endpoints are discovered besides the file: a Docker engine's labelled containers."""
+
+    docker: str | None = None  # the engine's endpoint: unix:///var/run/docker.sock, tcp://127.0.0.1:2375
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: str
     listeners: tuple[Listener, ...]
@@ -271,3 +278,4 @@ class Config:
     access_log: AccessLog | None = None
     flags: tuple[Flag, ...] = ()
     controller: Managed | None = None
+    providers: Providers = field(default_factory=Providers)

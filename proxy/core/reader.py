@@ -37,6 +37,7 @@ from .model import (
     Managed,
     Match,
     Outlier,
+    Providers,
     Retries,
     Rule,
     ServerTls,
@@ -70,11 +71,12 @@ def read_document(text: str, source: str) -> Any:
         raise ConfigError(source, "", f"not valid YAML{where}{reason}") from None
 
 
-def from_document(raw: Any, source: str = "<config>") -> Config:
-    """Validate a config already read into plain data (a YAML file, or a file merged with admin changes)."""
+def from_document(raw: Any, source: str = "<config>", services_required: bool = True) -> Config:
+    """Validate a config already read into plain data (a YAML file, or a file merged with admin changes).
+    ``services_required``: False where services may all come from discovery (a controller's)."""
     parser = Reader(source)
     parser.unicode(raw, "")
-    return parser.config(raw)
+    return parser.config(raw, services_required)
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -191,15 +193,19 @@ class Reader:
 
     # -- the document
 
-    def config(self, raw: Any) -> Config:
+    def config(self, raw: Any, services_required: bool = True) -> Config:
         top = self.mapping(raw, "", {"listen", "listeners", "limits", "services", "demo", "admin", "access_log",
-                                     "flags", "controller"})
+                                     "flags", "controller", "providers"})
         listeners = self.listeners(top)
         limits = self.limits(top.get("limits"), "limits")
         controller = self.managed(top["controller"], "controller", listeners) if "controller" in top else None
+        providers = self.providers(top.get("providers"), "providers")
+        if providers.docker is not None and controller is not None:
+            raise self.fail("providers", "a managed proxy's containers are discovered by its controller: move "
+                            "providers to the controller's config")
         services_raw = self.mapping(top.get("services"), "services")
-        if not services_raw and controller is None:
-            raise self.fail("services", "at least one service is required")
+        if not services_raw and controller is None and providers.docker is None and services_required:
+            raise self.fail("services", "at least one service is required (or a provider that discovers them)")
         services = tuple(
             self.service(name, value, _join("services", name)) for name, value in services_raw.items()
         )
@@ -215,7 +221,19 @@ class Reader:
                     if key not in known:
                         raise self.fail(f"services.{service.name}.inject_flags.flags[{i}]",
                                         f"unknown flag {key!r} (flags: {', '.join(sorted(known)) or 'none'})")
-        return Config(self.source, listeners, limits, services, demo, admin, access_log, flags, controller)
+        return Config(self.source, listeners, limits, services, demo, admin, access_log, flags, controller,
+                      providers)
+
+    def providers(self, raw: Any, path: str) -> Providers:
+        body = self.mapping(raw, path, {"docker"})
+        if "docker" not in body:
+            return Providers()
+        docker = self.mapping(body["docker"], _join(path, "docker"), {"endpoint"})
+        endpoint = docker.get("endpoint", "unix:///var/run/docker.sock")
+        if not isinstance(endpoint, str) or not re.match(r"^(unix:///.+|tcp://[^/]+:\d+)$", endpoint):
+            raise self.fail(_join(path, "docker.endpoint"), "must be unix:///path/to/docker.sock or "
+                            f"tcp://host:port, got {endpoint!r}")
+        return Providers(endpoint)
 
     def managed(self, raw: Any, path: str, listeners: tuple[Listener, ...]) -> Managed:
         body = self.mapping(raw, path, {"url", "token_file", "token_env", "id"})

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import buckets, overlay, routing
+from .discovery import Discovered
 from .history import Desired, Entry
 from .model import Config, ConfigError
 from .overlay import ChangeError, Overlay
@@ -110,6 +111,23 @@ class Writer:
             log.warning("%s: admin changes since generation %d shadow the file (%s); `turnout reset` drops them",
                         where, held["since"], ", ".join(held["parts"]))
         return entry
+
+    def discover(self, who: str, discovered: Discovered) -> Entry | None:
+        """A provider's new snapshot of what it found, as the discovery layer: a new generation if the
+        effective routing changes (None if not). One that does not validate (a version the admin
+        overlay's rules do not know, say) is refused like any change, and the layer stays as it was."""
+        before = self.desired
+        candidate = before.with_discovered(discovered)
+        if candidate.document() == before.document():
+            self.desired = candidate  # nothing routes differently: keep the layer, make no generation
+            return None
+        self.desired = candidate
+        try:
+            return self._commit(who, "discovery: " + (", ".join(sorted(discovered.services)) or "nothing found"),
+                                candidate.overlay)
+        except ChangeError:
+            self.desired = before
+            raise
 
     def overrides(self) -> dict[str, dict[str, Any]]:
         return self.desired.overrides()

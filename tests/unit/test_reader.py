@@ -62,7 +62,8 @@ def test_errors_name_file_and_field(old: str, new: str, message: str) -> None:
 
 
 def test_other_errors() -> None:
-    assert error_of("services: {}") == "conf.yaml: services: at least one service is required"
+    assert error_of("services: {}") == ("conf.yaml: services: at least one service is required (or a provider that "
+                                        "discovers them)")
     assert error_of("services: [") == ("conf.yaml: not valid YAML at line 1, column 12: expected the node content, "
                                        "but found '<stream end>' (while parsing a flow node)")
     assert error_of("a: b: c\n") == "conf.yaml: not valid YAML at line 1, column 5: mapping values are not allowed here"

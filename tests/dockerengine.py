@@ -1,0 +1,104 @@
+"""A real Docker engine for the tests, started and stopped by them (Debian's docker.io, ``make test``
+installs it): ``dockerd`` in a temporary directory with its own socket, no iptables, and one tiny image
+made offline from Debian's static busybox (nothing is ever pulled). Containers use host networking and
+listen on 127.0.0.1 ports the tests choose."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+import requests
+
+IMAGE = "turnout-test/busybox:1"
+TEST_LABEL = "turnout.test"
+
+
+class Engine:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = f"unix://{root}/docker.sock"
+        self.client = docker.DockerClient(base_url=self.url, timeout=30, version="1.41")  # no probe before it runs
+
+    def web(self, port: int, text: str, labels: dict[str, str], **options: Any) -> Any:
+        """A container answering ``text`` on 127.0.0.1:port (busybox httpd), with ``labels``."""
+        script = (f"mkdir -p /tmp/www && echo {text} > /tmp/www/index.html && "
+                  f"exec httpd -f -p 127.0.0.1:{port} -h /tmp/www")
+        return self.client.containers.run(IMAGE, ["/bin/sh", "-c", script], detach=True, init=True,
+                                          network_mode="host", labels={TEST_LABEL: "1", **labels}, **options)
+
+    def cleanup(self) -> None:
+        for container in self.client.containers.list(all=True, filters={"label": TEST_LABEL}):
+            container.remove(force=True)
+
+
+def _image_tar(folder: Path) -> Path:
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    rootfs = folder / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    (rootfs / "tmp").mkdir()
+    shutil.copy(busybox, rootfs / "bin" / "busybox")
+    for tool in ("sh", "httpd", "echo", "mkdir", "sleep", "wget"):
+        (rootfs / "bin" / tool).symlink_to("busybox")
+    archive = folder / "rootfs.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(rootfs, arcname=".")
+    return archive
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[Engine]:
+    dockerd = shutil.which("dockerd")
+    if dockerd is None:
+        pytest.fail("Debian's docker.io is needed for the Docker tests (make test installs it)")
+    root = Path(tempfile.mkdtemp(prefix="tdk", dir="/tmp"))  # short: a unix socket path has 108 bytes
+    log = open(root / "dockerd.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        [dockerd, "-H", f"unix://{root}/docker.sock", "--data-root", str(root / "data"), "--exec-root",
+         str(root / "exec"), "--pidfile", str(root / "dockerd.pid"), "--storage-driver", "overlay2",
+         "--exec-opt", "native.cgroupdriver=cgroupfs", "--iptables=false", "--ip6tables=false",
+         "--ip-forward=false"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        engine = Engine(root)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                engine.client.version()
+                break
+            except (docker.errors.DockerException, requests.exceptions.RequestException):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError((root / "dockerd.log").read_text()) from None
+                time.sleep(0.1)
+        with open(_image_tar(root), "rb") as archive:
+            engine.client.api.import_image_from_data(archive.read(), repository=IMAGE.split(":")[0],
+                                                     tag=IMAGE.split(":")[1])
+        yield engine
+    finally:
+        with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
+            Engine(root).cleanup()
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+        log.close()
+        _unmount_under(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _unmount_under(root: Path) -> None:
+    with open("/proc/mounts") as mounts:
+        points = [line.split()[1] for line in mounts if line.split()[1].startswith(str(root))]
+    for point in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
