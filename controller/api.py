@@ -41,7 +41,8 @@ from proxy.core.overlay import ChangeError
 from proxy.core.views import describe, describe_flags
 from proxy.core.writer import Writer
 
-from .openapi import COMMANDS, DOCUMENT, ROLLOUT_START
+from .deploys import Deploys
+from .openapi import COMMANDS, DEPLOY_START, DOCUMENT, ROLLOUT_START
 from .proxies import LIVE_FOR, Proxies
 from .rollouts import Book
 
@@ -51,6 +52,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 CONVERGE_TIMEOUT = 10.0
 _START = Draft7Validator(ROLLOUT_START)
+_DEPLOY = Draft7Validator(DEPLOY_START)
 WATCH_WAIT, WATCH_WAIT_MAX = 30.0, 60.0
 
 
@@ -103,7 +105,8 @@ def error(status: int, message: str, **details: Any) -> web.Response:
     return web.json_response({"error": message, **details}, status=status)
 
 
-def make_app(writer: Writer, fleet: Fleet, token: str, rollouts: Book) -> web.Application:
+def make_app(writer: Writer, fleet: Fleet, token: str, rollouts: Book,
+             deploys: Deploys | None = None) -> web.Application:
     expected = token.encode()
 
     @web.middleware
@@ -213,6 +216,23 @@ def make_app(writer: Writer, fleet: Fleet, token: str, rollouts: Book) -> web.Ap
         await fleet.converge(writer.generation, CONVERGE_TIMEOUT)
         return web.json_response(rollouts.view(rollouts.get(changed.service)))
 
+    def deploying() -> Deploys:
+        if deploys is None:
+            raise ChangeError(409, "this controller has no Docker engine: set providers.docker in its config",
+                              "providers")
+        return deploys
+
+    async def deploy_start(request: web.Request) -> web.Response:
+        body = changes.parse_body(await request.read(), _DEPLOY)
+        who = request.headers.get("X-Turnout-Actor", "controller-api")[:100]
+        started = await deploying().start(body["service"], body["image"], body["version"], body.get("replicas", 1),
+                                          body.get("strategy", "canary"), body.get("pull", False), who)
+        return web.json_response(deploying().view(started), status=201)
+
+    async def deploy_status(request: web.Request) -> web.Response:
+        manager = deploying()
+        return web.json_response(manager.view(manager.get(request.match_info["service"])))
+
     async def metrics(request: web.Request) -> web.Response:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Metrics(writer, fleet, rollouts))
@@ -236,6 +256,8 @@ def make_app(writer: Writer, fleet: Fleet, token: str, rollouts: Book) -> web.Ap
     app.router.add_get("/v1/rollouts/{service}", rollout_status)
     app.router.add_get("/v1/rollouts/{service}/history", rollout_status)
     app.router.add_post("/v1/rollouts/{service}/{command}", rollout_command)
+    app.router.add_post("/v1/deploys", deploy_start)
+    app.router.add_get("/v1/deploys/{service}", deploy_status)
     app.router.add_get("/v1/watch", watch)
     app.router.add_post("/v1/watch", watch)
     app.router.add_get("/metrics", metrics)

@@ -83,7 +83,7 @@ def parse(text: str, source: str) -> ControllerConfig:
     rollouts = dict(reader.mapping(top.get("rollouts"), "rollouts"))
     services = {service.name for service in config.services}
     for name, spec in rollouts.items():
-        if name not in services:
+        if name not in services and settings.docker is None:  # with a provider it may be discovered
             raise reader.fail(f"rollouts.{name}", f"no service {name!r} (services: {', '.join(sorted(services))})")
         compile_spec(reader, spec, f"rollouts.{name}", templates)
     return ControllerConfig(source, settings, document, rollouts, templates)

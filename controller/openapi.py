@@ -69,3 +69,24 @@ DOCUMENT["paths"].update({
     **{f"/v1/rollouts/{{service}}/{name}": {"post": {"summary": f"{name} the rollout", "parameters": [_SERVICE],
                                                      "responses": _ANSWER}} for name in COMMANDS},
 })
+
+DEPLOY_START: dict[str, Any] = {
+    "type": "object", "required": ["service", "image", "version"], "additionalProperties": False,
+    "properties": {
+        "service": {"type": "string", "minLength": 1, "maxLength": 63},
+        "image": {"type": "string", "minLength": 1, "maxLength": 300},
+        "version": {"type": "string", "minLength": 1, "maxLength": 63},
+        "replicas": {"type": "integer", "minimum": 1, "maximum": 50},
+        "strategy": {"enum": ["canary", "blueGreen"]},
+        "pull": {"type": "boolean", "description": "pull the image if the engine does not have it (default: never)"},
+    },
+}
+DOCUMENT["components"]["schemas"]["DeployStart"] = DEPLOY_START
+DOCUMENT["paths"].update({
+    "/v1/deploys": {"post": {"summary": "deploy an image as a new version (immutable infrastructure)",
+                             "requestBody": {"required": True, "content": {"application/json": {
+                                 "schema": {"$ref": "#/components/schemas/DeployStart"}}}},
+                             "responses": {"201": {"description": "started", "content": _OBJECT}, **_ANSWER}}},
+    "/v1/deploys/{service}": {"get": {"summary": "a deploy's status", "parameters": [_SERVICE],
+                                      "responses": _ANSWER}},
+})

@@ -73,6 +73,7 @@ class Book:
         self._saved = ""
         self.started = asyncio.get_running_loop().time()
         self.expected: set[str] | None = set()  # the proxies to hear from before rollouts advance
+        self.extra: dict[str, Any] = {}  # what else lives beside the rollouts in the state file (deploys)
 
     # -- persistence
 
@@ -80,7 +81,7 @@ class Book:
         fleet = sorted(p.id for p in self.proxies.live(self._monotonic())) if self.expected is None else \
             sorted(self.expected)
         return {"rollouts": {service: r.saved() for service, r in self.rollouts.items()}, "numbers": self.numbers,
-                "fleet": fleet}
+                "fleet": fleet, **self.extra}
 
     def persist_routing(self, routing: dict[str, Any]) -> None:
         """The writer's persist: its state and the rollouts, in one write."""
@@ -90,6 +91,7 @@ class Book:
         data = (saved or {}).get("rollouts") or {}
         self.numbers = {str(k): int(v) for k, v in (data.get("numbers") or {}).items()}
         self.expected = {str(p) for p in data.get("fleet", [])}
+        self.extra = {key: data[key] for key in ("deploys",) if key in data}
         for service, entry in (data.get("rollouts") or {}).items():
             try:
                 self.rollouts[service] = engine.restarted(Rollout.restored(entry, self.source))
@@ -126,6 +128,11 @@ class Book:
             except OSError as exc:
                 raise ChangeError(507, f"cannot write the state file: {exc.strerror or exc}; nothing was changed",
                                   "state file") from None
+            self._saved = now
+
+    def persist_extra(self) -> None:
+        """Write ``extra`` (a deploy's progress) with the rest, if it changed."""
+        self._write_if_changed()
 
     def _publish(self, rollout: Rollout, route: Route, extra: Callable[[Any, Overlay], Overlay] | None,
                  what: str) -> bool:
@@ -211,6 +218,21 @@ class Book:
         log.info("rollout %s: %s by %s -> %s", current.id, cmd.value, who, advanced.phase.value)
         self.woken.set()
         return self.rollouts[service]
+
+    def retire_canary(self, service: str, who: str) -> Rollout:
+        """An aborted rollout's canary leaves the split (a deploy removes its containers next)."""
+        try:
+            retired = engine.retire_canary(self.get(service), who, self.clock())
+        except RolloutError as exc:
+            raise ChangeError(exc.status, exc.message, "command") from None
+        advanced, actions, _ = engine.advance(retired, self._observe(retired), self.clock())
+        self._apply(advanced, actions)
+        return self.rollouts[service]
+
+    def served(self, service: str) -> bool:
+        """Whether every live proxy serves the route the service's rollout asks for."""
+        current = self.get(service)
+        return self._observe(current).applied == current.route
 
     def get(self, service: str) -> Rollout:
         found = self.rollouts.get(service)

@@ -24,6 +24,7 @@ from proxy.providers import containers
 
 from . import config as config_module
 from .api import Fleet, make_app
+from .deploys import Deploys
 from .rollouts import Book
 from .store import Locked, Store
 
@@ -91,9 +92,13 @@ async def _run(writer: Writer, store: Store, loaded: config_module.ControllerCon
     writer.apply = fleet.apply
     # handler_cancellation: a watch whose proxy went away (killed, partitioned) ends at once, so that
     # proxy stops counting as live LIVE_FOR seconds later rather than when its poll would have ended.
+    deploys = Deploys(rollouts, loaded.settings.docker) if loaded.settings.docker else None
+    if deploys is not None:
+        deploys.restore(rollouts.extra.get("deploys"))
     fleet.report_every = rollouts.report_every
     fleet.on_poll = rollouts.woken.set
-    runner = web.AppRunner(make_app(writer, fleet, token, rollouts), access_log=None, handler_cancellation=True)
+    runner = web.AppRunner(make_app(writer, fleet, token, rollouts, deploys), access_log=None,
+                           handler_cancellation=True)
     await runner.setup()
     listen = loaded.settings.listen
     try:
@@ -126,6 +131,8 @@ async def _run(writer: Writer, store: Store, loaded: config_module.ControllerCon
     advancing = loop.create_task(rollouts.run())
     docker_url = loaded.settings.docker
     provider = containers.follow(docker_url, writer, loop) if docker_url else None
+    if deploys is not None:
+        deploys.resume()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGHUP, reload)
     loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -19,6 +19,7 @@
     turnout flags set KEY --file FLAG.json                  create or replace a flag
     turnout flags enable|disable|kill KEY                   switch a flag (kill: off for everyone, now)
     turnout rollout start|status|watch|list|history|pause|resume|promote|abort|retry|undo   (rolloutcli)
+    turnout deploy SERVICE --image IMG:TAG --version V [--replicas N] [--strategy canary|blueGreen] [--pull]
 
 The client commands talk to the controller (``--controller URL`` or TURNOUT_CONTROLLER_URL) or to a
 proxy's admin API (``--admin URL`` or TURNOUT_ADMIN_URL); with neither, to the demo's controller when
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     flags.add_argument("rollout", nargs="*", metavar="VARIANT=PERCENT")
     flags.add_argument("--file", help="a JSON file with the whole flag (the config's flag syntax)")
     rolloutcli.add_parser(sub, client)
+    rolloutcli.add_deploy_parser(sub, client)
     args = parser.parse_args(argv)
     if hasattr(args, "json"):
         args.json = args.json or args.json_first
@@ -145,6 +147,8 @@ def _client_command(args: argparse.Namespace) -> int:
     api = AdminClient(*resolve(args.admin, args.token, args.token_file, args.controller, args.client_config))
     if args.command == "rollout":
         return rolloutcli.run(api, args)
+    if args.command == "deploy":
+        return rolloutcli.run_deploy(api, args)
     answer: Any
     if args.command == "status":
         answer = api.call("GET", "/v1/state")

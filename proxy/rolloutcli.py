@@ -25,10 +25,37 @@ import yaml
 
 from .client import AdminClient, ClientError
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_deploy_parser", "add_parser", "run", "run_deploy"]
 
 COMMANDS = ("pause", "resume", "promote", "abort", "retry", "undo")
 WATCH_EVERY = 0.5  # seconds between two reads of the rollout
+
+
+def add_deploy_parser(sub: Any, client: argparse.ArgumentParser) -> None:
+    deploy = sub.add_parser("deploy", parents=[client], help="deploy an image as a new version (controller, Docker)")
+    deploy.add_argument("service")
+    deploy.add_argument("--image", metavar="IMAGE:TAG", help="start a deploy of this image (without: its status)")
+    deploy.add_argument("--version", dest="deploy_version", metavar="VERSION", help="the new version's name")
+    deploy.add_argument("--replicas", type=int, default=1)
+    deploy.add_argument("--strategy", choices=["canary", "blueGreen"], default="canary")
+    deploy.add_argument("--pull", action="store_true", help="pull the image if the engine lacks it (default: never)")
+
+
+def run_deploy(api: AdminClient, args: argparse.Namespace) -> int:
+    if api.kind != "controller":
+        raise ClientError("deploys run in the controller: pass --controller URL or set TURNOUT_CONTROLLER_URL")
+    if args.image is None:
+        answer = api.call("GET", f"/v1/deploys/{args.service}")
+    else:
+        if not args.deploy_version:
+            raise ClientError("deploy needs --version VERSION (the new version's name)")
+        answer = api.call("POST", "/v1/deploys", {"service": args.service, "image": args.image,
+                                                  "version": args.deploy_version, "replicas": args.replicas,
+                                                  "strategy": args.strategy, "pull": args.pull})
+    text = f"deploy {answer['id']}: {answer['phase']}: {answer['reason']}"
+    if "rollout" in answer:
+        text += "\n" + render_text(answer["rollout"])
+    return _print(args, answer, text)
 
 
 def add_parser(sub: Any, client: argparse.ArgumentParser) -> None:

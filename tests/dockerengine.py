@@ -29,6 +29,7 @@ class Engine:
         self.root = root
         self.url = f"unix://{root}/docker.sock"
         self.client = docker.DockerClient(base_url=self.url, timeout=30, version="1.41")  # no probe before it runs
+        self.rootfs = root / "rootfs.tar"
 
     def web(self, port: int, text: str, labels: dict[str, str], **options: Any) -> Any:
         """A container answering ``text`` on 127.0.0.1:port (busybox httpd), with ``labels``."""
@@ -37,9 +38,19 @@ class Engine:
         return self.client.containers.run(IMAGE, ["/bin/sh", "-c", script], detach=True, init=True,
                                           network_mode="host", labels={TEST_LABEL: "1", **labels}, **options)
 
+    def app_image(self, name: str, text: str) -> str:
+        """An image whose container answers ``text`` on 127.0.0.1:$PORT (what a deploy gives it)."""
+        script = (f"mkdir -p /tmp/www && echo {text} > /tmp/www/index.html && "
+                  "exec httpd -f -p 127.0.0.1:$PORT -h /tmp/www")
+        self.client.api.import_image_from_data(self.rootfs.read_bytes(), repository=name.split(":")[0],
+                                               tag=name.split(":")[1], changes=[
+                                                   f'CMD ["/bin/sh", "-c", "{script}"]', "ENV PORT=8080"])
+        return name
+
     def cleanup(self) -> None:
-        for container in self.client.containers.list(all=True, filters={"label": TEST_LABEL}):
-            container.remove(force=True)
+        for label in (TEST_LABEL, "turnout.deploy"):
+            for container in self.client.containers.list(all=True, filters={"label": label}):
+                container.remove(force=True)
 
 
 def _image_tar(folder: Path) -> Path:
@@ -79,9 +90,9 @@ def docker_engine() -> Iterator[Engine]:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError((root / "dockerd.log").read_text()) from None
                 time.sleep(0.1)
-        with open(_image_tar(root), "rb") as archive:
-            engine.client.api.import_image_from_data(archive.read(), repository=IMAGE.split(":")[0],
-                                                     tag=IMAGE.split(":")[1])
+        engine.rootfs = _image_tar(root)
+        engine.client.api.import_image_from_data(engine.rootfs.read_bytes(), repository=IMAGE.split(":")[0],
+                                                 tag=IMAGE.split(":")[1])
         yield engine
     finally:
         with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):

@@ -47,7 +47,7 @@ from .spec import Analysis, Pause, SetHeaderRoute, SetWeight, Spec, Step, Webhoo
 
 __all__ = ["ACTIVE", "TRANSITIONS", "Action", "CallGate", "Command", "Measured", "Notify", "Observation", "Phase",
            "Publish", "Rollout", "RolloutError", "Transition", "advance", "command", "due", "note", "restarted",
-           "start"]
+           "retire_canary", "start"]
 
 HISTORY = 200  # transitions kept per rollout
 
@@ -134,7 +134,7 @@ class Rollout:
     background: Run | None = None
     gate: Gate = field(default_factory=Gate)
     warm_until: float | None = None  # Succeeded: the old version is routable at 0 % until then
-    retired: bool = False  # Succeeded: the old version has left the split
+    retired: bool = False  # Succeeded: the old version left the split; Aborted: the canary did
     reason: str = ""
     history: tuple[Transition, ...] = ()
     retries: int = 0  # how often it was retried (part of a gate call's key)
@@ -142,6 +142,8 @@ class Rollout:
     @property
     def route(self) -> Route:
         if self.phase is Phase.ABORTED:
+            if self.retired:
+                return Route(((self.stable, PPM),), (), self.canary)
             return Route(((self.stable, PPM), (self.canary, 0)), (), self.canary)
         if self.phase is Phase.SUCCEEDED:
             if self.retired:
@@ -293,6 +295,17 @@ def due(rollout: Rollout, now: float) -> list[Metric]:
     return [entry.metric for run in (rollout.run, rollout.background) if run is not None and rollout.active
             for entry in run.metrics
             if entry.metric.source != "proxies" and entry.ends_at is not None and now >= entry.ends_at]
+
+
+def retire_canary(rollout: Rollout, who: str, now: float) -> Rollout:
+    """An aborted rollout's canary leaves the split (its containers are about to go). Only ``retry``
+    brings it back, and only if its version still exists."""
+    if rollout.phase is not Phase.ABORTED:
+        raise RolloutError(409, f"rollout {rollout.id} is {rollout.phase.value}: only an aborted rollout's canary "
+                                "can leave the routing")
+    if rollout.retired:
+        return rollout
+    return _record(replace(rollout, retired=True), who, now, f"{rollout.canary} left the routing")
 
 
 def restarted(rollout: Rollout) -> Rollout:

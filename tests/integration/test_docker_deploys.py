@@ -1,0 +1,112 @@
+"""Deploys (immutable infrastructure) on a real engine: new containers of an image become a new version,
+a rollout moves the traffic, the old containers go once the old version left the routing; an aborted
+deploy removes its new containers and never touches the old ones; a missing image changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+from ..conftest import ProxyProcess
+from ..dockerengine import Engine, docker_engine  # noqa: F401 - the fixture
+from .test_controller import Controller
+from .test_managed import free_port, managed_config, until
+
+SPEC = {"strategy": "canary", "steps": [{"setWeight": 50}, {"pause": {"duration": "1s"}}], "scaleDownDelay": "2s"}
+
+
+async def versions_seen(port: int, count: int) -> dict[str, int]:
+    seen: dict[str, int] = {}
+    async with aiohttp.ClientSession() as session:
+        for i in range(count):
+            async with session.get(f"http://127.0.0.1:{port}/", headers={"Host": "shop", "X-User": f"u{i}"}) as r:
+                key = (await r.text()).strip() if r.status == 200 else str(r.status)
+                seen[key] = seen.get(key, 0) + 1
+    return seen
+
+
+async def test_deploy_rolls_out_new_containers_and_retires_the_old_ones(docker_engine: Engine,  # noqa: F811
+                                                                       tmp_path: Path) -> None:
+    engine = docker_engine
+    port = free_port()
+    (tmp_path / "controller.yaml").write_text(yaml.safe_dump({
+        "controller": {"listen": f"127.0.0.1:{port}"}, "providers": {"docker": {"endpoint": engine.url}},
+        "rollouts": {"shop": SPEC}}))
+    controller = Controller(tmp_path / "controller.yaml")
+    (tmp_path / "edge").mkdir()
+    edge_config = tmp_path / "edge" / "turnout.yaml"
+    edge_config.write_text(managed_config(f"http://127.0.0.1:{port}", tmp_path / "controller.token", "edge-1"))
+    edge = ProxyProcess(edge_config)
+    v2, v3 = engine.app_image("shop-app:2", "v2"), engine.app_image("shop-app:3", "v3")
+    try:
+        p1 = free_port()
+        old = engine.web(p1, "v1", {"turnout.service": "shop", "turnout.version": "v1", "turnout.port": str(p1),
+                                    "turnout.host": "shop"})
+
+        async def only(expected: set[str]) -> bool:
+            return set(await versions_seen(edge.port, 8)) == expected
+        await until(lambda: only({"v1"}), 20)
+        failures: list[str] = []
+        stop = asyncio.Event()
+
+        async def load() -> None:
+            async with aiohttp.ClientSession() as session:
+                for i in range(5000):
+                    if stop.is_set():
+                        return
+                    async with session.get(f"http://127.0.0.1:{edge.port}/",
+                                           headers={"Host": "shop", "X-User": f"u{i % 40}"}) as r:
+                        await r.read()
+                        if r.status != 200:
+                            failures.append(str(r.status))
+                    await asyncio.sleep(0.01)
+        loader = asyncio.create_task(load())
+
+        async with aiohttp.ClientSession() as session:
+            status, body = await controller.call(session, "POST", "/v1/deploys",
+                                                 {"service": "shop", "image": "shop-app:404", "version": "v9"})
+            assert status == 422 and "not on the engine" in body["error"] and body["field"] == "image"
+
+            status, body = await controller.call(session, "POST", "/v1/deploys",
+                                                 {"service": "shop", "image": v2, "version": "v2", "replicas": 2})
+            assert status == 201, body
+
+            async def deploy_phase(*phases: str) -> bool:
+                _, now = await controller.call(session, "GET", "/v1/deploys/shop")
+                return bool(now["phase"] in phases)
+            await until(lambda: deploy_phase("Succeeded", "Aborted", "Failed"), 60)
+            _, done = await controller.call(session, "GET", "/v1/deploys/shop")
+            assert done["phase"] == "Succeeded", done
+            assert done["rollout"]["phase"] == "Succeeded"
+            assert await only({"v2"})
+            new = engine.client.containers.list(filters={"label": "turnout.deploy=shop-1"})
+            assert len(new) == 2 and {c.labels["turnout.version"] for c in new} == {"v2"}
+            assert old.id not in {c.id for c in engine.client.containers.list(all=True)}  # retired: removed
+
+            # v3 deployed, then aborted: its containers go, v2's stay and serve.
+            status, body = await controller.call(session, "POST", "/v1/deploys",
+                                                 {"service": "shop", "image": v3, "version": "v3"})
+            assert status == 201, body
+
+            async def rolling() -> bool:
+                _, now = await controller.call(session, "GET", "/v1/deploys/shop")
+                return bool(now["phase"] == "Releasing")
+            await until(rolling, 30)
+            status, _ = await controller.call(session, "POST", "/v1/rollouts/shop/abort")
+            assert status == 200
+            await until(lambda: deploy_phase("Aborted", "Succeeded", "Failed"), 30)
+            _, done = await controller.call(session, "GET", "/v1/deploys/shop")
+            assert done["phase"] == "Aborted" and "old ones untouched" in done["reason"], done
+            assert engine.client.containers.list(all=True, filters={"label": "turnout.deploy=shop-2"}) == []
+            assert {c.id for c in new} <= {c.id for c in engine.client.containers.list()}
+            assert await only({"v2"})
+        stop.set()
+        await loader
+        assert failures == [], failures[:5]
+    finally:
+        edge.stop()
+        controller.stop()
+        engine.cleanup()
