@@ -206,6 +206,9 @@ class Deploys:
                                     network_mode="host", environment={"PORT": str(port)}, labels=labels,
                                     name=f"{deploy.id}-{port}")
         mine = await asyncio.to_thread(self._mine, deploy)
+        for container in mine:
+            if container.status == "created":  # created when the controller died, never started
+                await asyncio.to_thread(container.start)
         deadline = time.monotonic() + HEALTHY_WITHIN
         while not all(await asyncio.gather(*(self._healthy(c, deploy.health_path) for c in mine))):
             if time.monotonic() > deadline:
@@ -216,6 +219,10 @@ class Deploys:
             await asyncio.sleep(0.5)
             mine = await asyncio.to_thread(self._mine, deploy)
         deploy = self._keep(deploy, f"{len(mine)} containers healthy")
+        current = self.book.rollouts.get(deploy.service)
+        if current is not None and current.id == deploy.id:  # started before a restart: go on with it
+            self._keep(replace(deploy, phase="Releasing"), f"rollout {deploy.id} goes on")
+            return
         await self._until_discovered(deploy)
         spec: dict[str, Any] | None = {"strategy": deploy.strategy, "steps": [
             {"setWeight": 20}, {"pause": {"duration": "5s"}}, {"setWeight": 60}, {"pause": {"duration": "5s"}}]} \

@@ -38,9 +38,10 @@ class Engine:
         return self.client.containers.run(IMAGE, ["/bin/sh", "-c", script], detach=True, init=True,
                                           network_mode="host", labels={TEST_LABEL: "1", **labels}, **options)
 
-    def app_image(self, name: str, text: str) -> str:
-        """An image whose container answers ``text`` on 127.0.0.1:$PORT (what a deploy gives it)."""
-        script = (f"mkdir -p /tmp/www && echo {text} > /tmp/www/index.html && "
+    def app_image(self, name: str, text: str, delay: float = 0) -> str:
+        """An image whose container answers ``text`` on 127.0.0.1:$PORT (what a deploy gives it),
+        ``delay`` seconds after it starts."""
+        script = (f"sleep {delay:g}; mkdir -p /tmp/www && echo {text} > /tmp/www/index.html && "
                   "exec httpd -f -p 127.0.0.1:$PORT -h /tmp/www")
         self.client.api.import_image_from_data(self.rootfs.read_bytes(), repository=name.split(":")[0],
                                                tag=name.split(":")[1], changes=[

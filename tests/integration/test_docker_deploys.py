@@ -110,3 +110,54 @@ async def test_deploy_rolls_out_new_containers_and_retires_the_old_ones(docker_e
         edge.stop()
         controller.stop()
         engine.cleanup()
+
+
+async def test_a_controller_killed_mid_deploy_resumes_it_without_starting_containers_twice(
+        docker_engine: Engine, tmp_path: Path) -> None:  # noqa: F811
+    import os
+    import signal
+
+    engine = docker_engine
+    port = free_port()
+    (tmp_path / "controller.yaml").write_text(yaml.safe_dump({
+        "controller": {"listen": f"127.0.0.1:{port}"}, "providers": {"docker": {"endpoint": engine.url}},
+        "rollouts": {"shop": {**SPEC, "steps": [{"setWeight": 50}, {"pause": {"duration": "3s"}}]}}}))
+    controller = Controller(tmp_path / "controller.yaml")
+    slow = engine.app_image("shop-app:slow", "v2", delay=2)  # healthy 2 s after it starts
+    try:
+        p1 = free_port()
+        engine.web(p1, "v1", {"turnout.service": "shop", "turnout.version": "v1", "turnout.port": str(p1),
+                              "turnout.host": "shop"})
+        async with aiohttp.ClientSession() as session:
+            async def found() -> bool:
+                _, state = await controller.call(session, "GET", "/v1/state")
+                return "shop" in state["services"]
+            await until(found, 20)
+            status, body = await controller.call(session, "POST", "/v1/deploys",
+                                                 {"service": "shop", "image": slow, "version": "v2", "replicas": 3})
+            assert status == 201, body
+            await asyncio.sleep(1.0)  # creating: containers started, not healthy yet
+            for moment in ("Creating", "Releasing"):
+                _, now = await controller.call(session, "GET", "/v1/deploys/shop")
+                assert moment == "Releasing" or now["phase"] == "Creating", now
+                if moment == "Releasing":
+                    async def releasing() -> bool:
+                        _, current = await controller.call(session, "GET", "/v1/deploys/shop")
+                        return bool(current["phase"] == "Releasing")
+                    await until(releasing, 30)
+                os.kill(controller.process.pid, signal.SIGKILL)
+                controller.process.wait(10)
+                controller.stop()
+                controller = Controller(tmp_path / "controller.yaml")
+            async def ended() -> bool:
+                _, current = await controller.call(session, "GET", "/v1/deploys/shop")
+                return bool(current["phase"] in ("Succeeded", "Aborted", "Failed"))
+            await until(ended, 60)
+            _, done = await controller.call(session, "GET", "/v1/deploys/shop")
+            assert done["phase"] == "Succeeded", done
+        started = engine.client.containers.list(all=True, filters={"label": "turnout.deploy=shop-1"})
+        assert len(started) == 3  # two restarts, never a fourth container
+        assert all(c.status == "running" for c in started)
+    finally:
+        controller.stop()
+        engine.cleanup()
