@@ -141,8 +141,8 @@ async def test_a_controller_killed_mid_deploy_resumes_it_without_starting_contai
                 _, now = await controller.call(session, "GET", "/v1/deploys/shop")
                 assert moment == "Releasing" or now["phase"] == "Creating", now
                 if moment == "Releasing":
-                    async def releasing() -> bool:
-                        _, current = await controller.call(session, "GET", "/v1/deploys/shop")
+                    async def releasing(running: Controller = controller) -> bool:
+                        _, current = await running.call(session, "GET", "/v1/deploys/shop")
                         return bool(current["phase"] == "Releasing")
                     await until(releasing, 30)
                 os.kill(controller.process.pid, signal.SIGKILL)
