@@ -6,6 +6,12 @@ stopped and removed once the rollout has taken the old version out of the routin
 the old ones were never touched.
 
     Creating -> Releasing -> CleaningUp -> Succeeded | Aborted        (Failed: never got healthy)
+    Rolling -> Succeeded                                               (strategy rolling)
+
+``rolling`` replaces the containers of an existing version one at a time (max surge 1, max
+unavailable 0): a new container is started and must be healthy and served by every live proxy before
+the next old one is retired; that one is marked draining first (it takes no new requests, those in
+flight finish), and only then stopped and removed. No version changes, so no rollout runs.
 
 Every container a deploy starts carries its id (label ``turnout.deploy``), and the deploy's state is
 kept in the controller's state file, so a controller restarted mid-deploy finds the containers it
@@ -42,6 +48,7 @@ __all__ = ["Deploy", "Deploys"]
 log = logging.getLogger("turnout")
 
 HEALTHY_WITHIN = 60.0  # seconds a new container has to pass its health check
+DRAIN_FOR = 2.0  # seconds a retiring container keeps its requests in flight, once every proxy drains it
 STOP_TIMEOUT = 10  # seconds a stopped container has to exit before it is killed
 
 
@@ -61,7 +68,7 @@ class Deploy:
 
     @property
     def active(self) -> bool:
-        return self.phase in ("Creating", "Releasing", "CleaningUp")
+        return self.phase in ("Creating", "Releasing", "CleaningUp", "Rolling")
 
 
 Errors = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
@@ -75,6 +82,8 @@ class Deploys:
         self.deploys: dict[str, Deploy] = {}  # by service: the latest
         self.client: docker.DockerClient | None = None  # made at the first deploy
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.draining: set[str] = set()  # ids of containers being retired by a rolling deploy
+        self.refresh: Callable[[], None] = lambda: None  # the provider translates its last listing again
 
     # -- persistence: kept in the rollouts' part of the state file
 
@@ -107,8 +116,8 @@ class Deploys:
             raise ChangeError(409, f"a rollout of {service} is running: let it end first", "service")
         if not 1 <= replicas <= 50:
             raise ChangeError(422, "replicas must be 1..50", "replicas")
-        if strategy not in ("canary", "blueGreen"):
-            raise ChangeError(422, f"strategy must be canary or blueGreen, got {strategy!r}", "strategy")
+        if strategy not in ("canary", "blueGreen", "rolling"):
+            raise ChangeError(422, f"strategy must be canary, blueGreen or rolling, got {strategy!r}", "strategy")
         client = self._client()
         try:
             await asyncio.to_thread(client.images.get, image)
@@ -123,11 +132,18 @@ class Deploys:
         except Errors as exc:
             raise ChangeError(502, f"the Docker engine at {self.url} cannot be reached: {exc}", "image") from None
         old = await asyncio.to_thread(client.containers.list, filters={"label": f"turnout.service={service}"})
-        replaced = tuple(c.id for c in old if c.labels.get("turnout.version") != version)
-        number = self.book.numbers.get(service, 0) + 1
-        deploy = Deploy(f"{service}-{number}", service, version, image, replicas, strategy,
-                        self._health_path(service, version), replaced=replaced,
-                        history=((self.clock(), f"created by {who}: {replicas} x {image} as {version}"),))
+        rolling = strategy == "rolling"
+        replaced = tuple(c.id for c in old if (c.labels.get("turnout.version") == version) == rolling)
+        if rolling and not replaced:
+            raise ChangeError(422, f"no running containers of {service}/{version} to replace; a new version is "
+                              "deployed with --strategy canary or blueGreen", "version")
+        number = self.book.numbers.get(service, 0) + 1  # the rollout's id (a rolling deploy has none: it takes it)
+        if rolling:
+            self.book.numbers[service] = number
+        deploy = Deploy(f"{service}-{number}", service, version, image, len(replaced) if rolling else replicas,
+                        strategy, self._health_path(service, version), "Rolling" if rolling else "Creating",
+                        replaced=replaced,
+                        history=((self.clock(), f"created by {who}: {image} as {version} ({strategy})"),))
         self._keep(deploy)
         self._run(deploy)
         return deploy
@@ -182,6 +198,8 @@ class Deploys:
                     await self._create(deploy)
                 elif deploy.phase == "Releasing":
                     await self._release(deploy)
+                elif deploy.phase == "Rolling":
+                    await self._roll(deploy)
                 else:
                     await self._clean(deploy)
         except Errors as exc:
@@ -192,11 +210,11 @@ class Deploys:
     def _mine(self, deploy: Deploy) -> list[Any]:
         return list(self._client().containers.list(all=True, filters={"label": f"turnout.deploy={deploy.id}"}))
 
-    async def _create(self, deploy: Deploy) -> None:
-        """Start what is missing of the replicas (a restart finds the ones it started), wait until each
-        is healthy, then start the rollout."""
+    async def _start_healthy(self, deploy: Deploy, count: int) -> bool:
+        """Have ``count`` containers of the deploy (a restart finds the ones it started), each healthy.
+        False (its unhealthy containers removed, the deploy Failed) if they do not get healthy in time."""
         mine = await asyncio.to_thread(self._mine, deploy)
-        for _ in range(deploy.replicas - len(mine)):
+        for _ in range(count - len(mine)):
             port = _free_port()
             labels = {"turnout.service": deploy.service, "turnout.version": deploy.version, "turnout.port": str(port),
                       "turnout.deploy": deploy.id, "turnout.rollout": deploy.id}
@@ -212,13 +230,21 @@ class Deploys:
         deadline = time.monotonic() + HEALTHY_WITHIN
         while not all(await asyncio.gather(*(self._healthy(c, deploy.health_path) for c in mine))):
             if time.monotonic() > deadline:
-                await asyncio.to_thread(self._remove, [c.id for c in mine])
+                sick = [c.id for c in mine if not await self._healthy(c, deploy.health_path)]
+                await asyncio.to_thread(self._remove, sick)
                 self._keep(replace(deploy, phase="Failed"), f"{deploy.image} did not get healthy within "
-                                                            f"{HEALTHY_WITHIN:g}s: its containers were removed")
-                return
+                                                            f"{HEALTHY_WITHIN:g}s: {len(sick)} unhealthy containers "
+                                                            "removed, the old ones untouched")
+                return False
             await asyncio.sleep(0.5)
             mine = await asyncio.to_thread(self._mine, deploy)
-        deploy = self._keep(deploy, f"{len(mine)} containers healthy")
+        return True
+
+    async def _create(self, deploy: Deploy) -> None:
+        """Start the replicas, wait until each is healthy, then start the rollout."""
+        if not await self._start_healthy(deploy, deploy.replicas):
+            return
+        deploy = self._keep(deploy, f"{deploy.replicas} containers healthy")
         current = self.book.rollouts.get(deploy.service)
         if current is not None and current.id == deploy.id:  # started before a restart: go on with it
             self._keep(replace(deploy, phase="Releasing"), f"rollout {deploy.id} goes on")
@@ -232,6 +258,55 @@ class Deploys:
             spec = None  # the config's spec for the service, when it has the strategy asked for
         self.book.start(deploy.service, deploy.version, None, spec, f"deploy {deploy.id}")
         self._keep(replace(deploy, phase="Releasing"), f"rollout {deploy.id} started")
+
+    async def _roll(self, deploy: Deploy) -> None:
+        """One step of a rolling replacement: a new container first (surge), else retire an old one."""
+        left = await asyncio.to_thread(self._existing, list(deploy.replaced))
+        if not left:
+            self._keep(replace(deploy, phase="Succeeded"), f"done: {len(deploy.replaced)} containers replaced, "
+                                                           "one at a time")
+            return
+        mine = await asyncio.to_thread(self._mine, deploy)
+        if len(mine) <= len(deploy.replaced) - len(left):
+            if not await self._start_healthy(deploy, len(mine) + 1):
+                return
+            fresh = {c.labels.get("turnout.port") for c in await asyncio.to_thread(self._mine, deploy)}
+            await self._until_served(deploy, lambda endpoints, _: all(
+                any(e.endswith(f":{port}") for e in endpoints) for port in fresh))
+            self._keep(deploy, f"{len(fresh)} new containers serving")
+            return
+        old = left[0]
+        self.draining.add(old.id)
+        self.refresh()
+        address = f":{old.labels.get('turnout.port')}"
+        await self._until_served(deploy, lambda _, draining: any(d.endswith(address) for d in draining))
+        await asyncio.sleep(DRAIN_FOR)  # requests in flight on it finish; no new ones reach it
+        await asyncio.to_thread(self._remove, [old.id])
+        self.draining.discard(old.id)
+        self._keep(deploy, f"retired container {old.name} after draining it")
+
+    def _existing(self, ids: list[str]) -> list[Any]:
+        found = []
+        for container_id in ids:
+            with contextlib.suppress(docker.errors.NotFound):
+                found.append(self._client().containers.get(container_id))
+        return found
+
+    async def _until_served(self, deploy: Deploy, ready: Callable[[list[str], list[str]], bool]) -> None:
+        """Until the routing shows ``ready(endpoints, draining)`` for the deploy's version and every live
+        proxy serves that generation."""
+        loop = asyncio.get_running_loop()
+        for _ in range(300):
+            versions = ((self.book.writer.desired.document().get("services") or {}).get(deploy.service) or {}) \
+                .get("versions") or {}
+            entry = versions.get(deploy.version) if isinstance(versions, dict) else None
+            entry = entry if isinstance(entry, dict) else {"endpoints": entry or []}
+            if ready(list(entry.get("endpoints") or []), list(entry.get("draining") or [])) and \
+                    not self.book.proxies.waiting_for(self.book.writer.generation, loop.time()):
+                return
+            await asyncio.sleep(0.1)
+        raise ChangeError(504, f"the fleet did not take the change of {deploy.service}/{deploy.version} in time",
+                          "proxies")
 
     async def _until_discovered(self, deploy: Deploy) -> None:
         """Discovery makes the containers endpoints; the rollout needs the version to exist."""

@@ -77,7 +77,7 @@ DEPLOY_START: dict[str, Any] = {
         "image": {"type": "string", "minLength": 1, "maxLength": 300},
         "version": {"type": "string", "minLength": 1, "maxLength": 63},
         "replicas": {"type": "integer", "minimum": 1, "maximum": 50},
-        "strategy": {"enum": ["canary", "blueGreen"]},
+        "strategy": {"enum": ["canary", "blueGreen", "rolling"]},
         "pull": {"type": "boolean", "description": "pull the image if the engine does not have it (default: never)"},
     },
 }

@@ -130,7 +130,10 @@ async def _run(writer: Writer, store: Store, loaded: config_module.ControllerCon
     loop = asyncio.get_running_loop()
     advancing = loop.create_task(rollouts.run())
     docker_url = loaded.settings.docker
-    provider = containers.follow(docker_url, writer, loop) if docker_url else None
+    provider = containers.follow(docker_url, writer, loop, deploys.draining.copy if deploys else frozenset) \
+        if docker_url else None
+    if deploys is not None and provider is not None:
+        deploys.refresh = provider.refresh
     if deploys is not None:
         deploys.resume()
     stop = asyncio.Event()

@@ -37,7 +37,8 @@ def add_deploy_parser(sub: Any, client: argparse.ArgumentParser) -> None:
     deploy.add_argument("--image", metavar="IMAGE:TAG", help="start a deploy of this image (without: its status)")
     deploy.add_argument("--version", dest="deploy_version", metavar="VERSION", help="the new version's name")
     deploy.add_argument("--replicas", type=int, default=1)
-    deploy.add_argument("--strategy", choices=["canary", "blueGreen"], default="canary")
+    deploy.add_argument("--strategy", choices=["canary", "blueGreen", "rolling"], default="canary",
+                        help="rolling: replace the containers of an existing version one at a time")
     deploy.add_argument("--pull", action="store_true", help="pull the image if the engine lacks it (default: never)")
 
 

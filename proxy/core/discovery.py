@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,7 +66,9 @@ class Discovered:
         return cls(dict((data or {}).get("services") or {}))
 
 
-def translate(containers: Iterable[Container]) -> Discovered:
+def translate(containers: Iterable[Container], draining: AbstractSet[str] = frozenset()) -> Discovered:
+    """``draining``: ids of containers that take no new requests (a rolling replacement retires them):
+    still endpoints, listed as draining, so requests in flight finish."""
     services: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
     for container in sorted(containers, key=lambda c: (c.name, c.id)):
@@ -84,6 +86,8 @@ def translate(containers: Iterable[Container]) -> Discovered:
         found = entry["versions"].setdefault(version, {"endpoints": []})
         if endpoint not in found["endpoints"]:
             found["endpoints"].append(endpoint)
+        if container.id in draining:
+            found.setdefault("draining", []).append(endpoint)
         if health_path is not None:
             found["health"] = {"path": health_path}
         if weight is not None:
@@ -161,6 +165,8 @@ def merge(document: Any, discovered: Discovered) -> Any:
                 replaced = dict(previous) if isinstance(previous, dict) else {}
                 replaced["endpoints"] = list(entry["endpoints"])
                 replaced.pop("draining", None)
+                if entry.get("draining"):
+                    replaced["draining"] = list(entry["draining"])
                 if "health" in entry:
                     replaced["health"] = {**(replaced.get("health") or {}), **entry["health"]}
                 own[version] = replaced

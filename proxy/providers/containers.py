@@ -16,6 +16,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import docker
@@ -62,6 +63,7 @@ class DockerProvider:
         self._thread: threading.Thread | None = None
         self._client: docker.DockerClient | None = None
         self.reachable: bool | None = None
+        self.refresh: Callable[[], None] = lambda: None  # set by ``follow``
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._thread = threading.Thread(target=self._run, args=(loop,), name="docker-provider", daemon=True)
@@ -110,14 +112,19 @@ class DockerProvider:
             self.reachable = reachable
 
 
-def follow(url: str, writer: Writer, loop: asyncio.AbstractEventLoop) -> DockerProvider:
+def follow(url: str, writer: Writer, loop: asyncio.AbstractEventLoop,
+           draining: Callable[[], AbstractSet[str]] = frozenset) -> DockerProvider:
     """Feed a Docker engine's containers to ``writer`` as its discovery layer, from now on: each
     snapshot is translated (bad labels logged once and skipped) and becomes a generation if it changes
-    the routing. A snapshot the routing cannot take is refused with one line; the layer stays."""
+    the routing. A snapshot the routing cannot take is refused with one line; the layer stays.
+    ``draining``: the ids of containers being retired (their endpoints drain); ``refresh()`` on the
+    provider translates the last snapshot again when that set changes."""
     told: set[str] = set()
+    last: list[list[Container]] = [[]]
 
     def found(records: list[Container]) -> None:
-        discovered = translate(records)
+        last[0] = records
+        discovered = translate(records, draining())
         for problem in discovered.problems:
             if problem not in told:
                 log.warning("docker provider: %s", problem)
@@ -133,6 +140,7 @@ def follow(url: str, writer: Writer, loop: asyncio.AbstractEventLoop) -> DockerP
             log.info("docker provider: generation %d: %s", entry.generation, _summary(discovered))
 
     provider = DockerProvider(url, found)
+    provider.refresh = lambda: found(last[0])
     provider.start(loop)
     return provider
 

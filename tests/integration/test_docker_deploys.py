@@ -161,3 +161,78 @@ async def test_a_controller_killed_mid_deploy_resumes_it_without_starting_contai
     finally:
         controller.stop()
         engine.cleanup()
+
+
+async def test_a_rolling_deploy_replaces_containers_one_at_a_time_failing_no_request(
+        docker_engine: Engine, tmp_path: Path) -> None:  # noqa: F811
+    engine = docker_engine
+    port = free_port()
+    (tmp_path / "controller.yaml").write_text(yaml.safe_dump({
+        "controller": {"listen": f"127.0.0.1:{port}"}, "providers": {"docker": {"endpoint": engine.url}}}))
+    controller = Controller(tmp_path / "controller.yaml")
+    (tmp_path / "edge").mkdir()
+    edge_config = tmp_path / "edge" / "turnout.yaml"
+    edge_config.write_text(managed_config(f"http://127.0.0.1:{port}", tmp_path / "controller.token", "edge-1"))
+    edge = ProxyProcess(edge_config)
+    image = engine.app_image("shop-app:1.1", "v1-new", delay=1)
+    try:
+        olds = []
+        for _ in range(3):
+            p = free_port()
+            olds.append(engine.web(p, "v1-old", {"turnout.service": "shop", "turnout.version": "v1",
+                                                 "turnout.port": str(p), "turnout.host": "shop"}))
+
+        async def only(expected: set[str]) -> bool:
+            return set(await versions_seen(edge.port, 9)) == expected
+        await until(lambda: only({"v1-old"}), 20)
+        failures: list[str] = []
+        seen: list[str] = []
+        stop = asyncio.Event()
+
+        async def load(keep_alive: bool) -> None:
+            connector = aiohttp.TCPConnector(force_close=not keep_alive)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                for i in range(6000):
+                    if stop.is_set():
+                        return
+                    try:
+                        async with session.get(f"http://127.0.0.1:{edge.port}/",
+                                               headers={"Host": "shop", "X-User": f"u{i % 40}"}) as r:
+                            text = (await r.text()).strip()
+                            (seen if r.status == 200 else failures).append(text if r.status == 200 else str(r.status))
+                    except aiohttp.ClientError as exc:
+                        failures.append(repr(exc))
+                    await asyncio.sleep(0.01)
+        loaders = [asyncio.create_task(load(keep)) for keep in (True, False)]
+        async with aiohttp.ClientSession() as session:
+            status, body = await controller.call(session, "POST", "/v1/deploys", {
+                "service": "shop", "image": image, "version": "v1", "strategy": "rolling"})
+            assert status == 201 and body["phase"] == "Rolling" and body["replicas"] == 3, body
+
+            async def done() -> bool:
+                _, now = await controller.call(session, "GET", "/v1/deploys/shop")
+                return bool(now["phase"] in ("Succeeded", "Failed"))
+            await until(done, 90)
+            _, final = await controller.call(session, "GET", "/v1/deploys/shop")
+            assert final["phase"] == "Succeeded", final
+            whys = [h["why"] for h in final["history"]]
+            assert sum("retired container" in why for why in whys) == 3
+            # One at a time: every retirement came after a new container served.
+            order = [("new" if "new containers serving" in w else "old") for w in whys
+                     if "new containers serving" in w or "retired container" in w]
+            assert order == ["new", "old", "new", "old", "new", "old"], whys
+            status, body = await controller.call(session, "POST", "/v1/deploys", {
+                "service": "shop", "image": image, "version": "v9", "strategy": "rolling"})
+            assert status == 422 and "no running containers of shop/v9" in body["error"]
+        await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.gather(*loaders)
+        assert await only({"v1-new"})
+        assert failures == [], failures[:5]
+        assert {"v1-old", "v1-new"} <= set(seen)
+        running = {c.id for c in engine.client.containers.list()}
+        assert not running & {c.id for c in olds}
+    finally:
+        edge.stop()
+        controller.stop()
+        engine.cleanup()
