@@ -33,13 +33,15 @@ lint: $(BIN)/.installed-test
 	$(BIN)/lint-imports
 
 # The tests use real servers: Debian's Prometheus (rollout analysis) and Docker engine with a static
-# busybox (discovery; the tests start their own dockerd). Installed if missing; the package's init
-# script is kept from starting a daemon of its own (policy-rc.d), as in a container build.
+# busybox (discovery and deploys; the tests start their own dockerd), and debootstrap for the image's
+# base (built offline). Installed if missing; the package's init script is kept from starting a daemon
+# of its own (policy-rc.d), as in a container build.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get -qq -y --no-install-recommends
 servers:
 	@missing=""; command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
+	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
 	dpkg -s busybox-static >/dev/null 2>&1 || missing="$$missing busybox-static"; \
 	if [ -n "$$missing" ]; then echo "installing Debian's$$missing (for the tests)"; \
 	  guard=""; [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' | $(SUDO) tee /usr/sbin/policy-rc.d >/dev/null; \
