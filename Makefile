@@ -33,8 +33,8 @@ lint: $(BIN)/.installed-test
 	$(BIN)/lint-imports
 
 # The tests use real servers: Debian's Prometheus (rollout analysis) and Docker engine with a static
-# busybox (discovery and deploys; the tests start their own dockerd), and debootstrap for the image's
-# base (built offline). Installed if missing; the package's init script is kept from starting a daemon
+# busybox (discovery and deploys; the tests start their own dockerd), debootstrap for the image's base
+# (built offline) and docker-compose (the sidecar setup). Installed if missing; the package's init script is kept from starting a daemon
 # of its own (policy-rc.d), as in a container build.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get -qq -y --no-install-recommends
@@ -42,6 +42,7 @@ servers:
 	@missing=""; command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
 	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	dpkg -s busybox-static >/dev/null 2>&1 || missing="$$missing busybox-static"; \
 	if [ -n "$$missing" ]; then echo "installing Debian's$$missing (for the tests)"; \
 	  guard=""; [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' | $(SUDO) tee /usr/sbin/policy-rc.d >/dev/null; \

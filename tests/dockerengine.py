@@ -9,6 +9,7 @@ import contextlib
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -114,3 +115,42 @@ def _unmount_under(root: Path) -> None:
         points = [line.split()[1] for line in mounts if line.split()[1].startswith(str(root))]
     for point in sorted(points, key=len, reverse=True):
         subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = "turnout-test/debian-python:bookworm"
+TURNOUT_IMAGE = "turnout:test"
+
+
+@pytest.fixture(scope="session")
+def turnout_image(docker_engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    engine = docker_engine
+    debootstrap = shutil.which("debootstrap")
+    if debootstrap is None:
+        pytest.fail("Debian's debootstrap is needed to make the image's base offline (make test installs it)")
+    folder = tmp_path_factory.mktemp("base")
+    rootfs = folder / "rootfs"
+    subprocess.run([debootstrap, "--variant=minbase", "--include=python3,python3-venv", "bookworm", str(rootfs),
+                    "http://deb.debian.org/debian"], check=True, capture_output=True, timeout=600)
+    shutil.rmtree(rootfs / "var/cache/apt/archives", ignore_errors=True)
+    archive = folder / "rootfs.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(rootfs, arcname=".")
+    with open(archive, "rb") as data:
+        engine.client.api.import_image_from_data(data.read(), repository=BASE.split(":")[0], tag=BASE.split(":")[1])
+    # The build context: the project as a user has it, plus a wheelhouse made here, so the build needs
+    # no network (the image installs from wheels/ with no index when the folder is there).
+    context = folder / "context"
+    context.mkdir()
+    for name in ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, context / name)
+    for name in ("proxy", "controller", "config"):
+        shutil.copytree(ROOT / name, context / name, ignore=shutil.ignore_patterns("__pycache__", "*.token",
+                                                                                 "*.state.json*", "*.snapshot.json"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(context / "wheels"),
+                    str(ROOT)], check=True, capture_output=True, timeout=600)
+    engine.client.images.build(path=str(context), tag=TURNOUT_IMAGE, buildargs={"BASE_IMAGE": BASE}, pull=False,
+                               rm=True, forcerm=True)
+    yield TURNOUT_IMAGE
+
+

@@ -5,56 +5,14 @@ base is a Debian rootfs with Python (debootstrap) imported offline: nothing is p
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
-import sys
-import tarfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 import yaml
 
-from ..dockerengine import Engine, docker_engine  # noqa: F401 - the fixture
+from ..dockerengine import Engine, docker_engine, turnout_image  # noqa: F401 - the fixtures
 from ..integration.test_managed import free_port, until
-
-ROOT = Path(__file__).resolve().parents[2]
-BASE = "turnout-test/debian-python:bookworm"
-IMAGE = "turnout:test"
-
-
-@pytest.fixture(scope="module")
-def image(docker_engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # noqa: F811
-    engine = docker_engine
-    debootstrap = shutil.which("debootstrap")
-    if debootstrap is None:
-        pytest.fail("Debian's debootstrap is needed to make the image's base offline (make test installs it)")
-    folder = tmp_path_factory.mktemp("base")
-    rootfs = folder / "rootfs"
-    subprocess.run([debootstrap, "--variant=minbase", "--include=python3,python3-venv", "bookworm", str(rootfs),
-                    "http://deb.debian.org/debian"], check=True, capture_output=True, timeout=600)
-    shutil.rmtree(rootfs / "var/cache/apt/archives", ignore_errors=True)
-    archive = folder / "rootfs.tar"
-    with tarfile.open(archive, "w") as tar:
-        tar.add(rootfs, arcname=".")
-    with open(archive, "rb") as data:
-        engine.client.api.import_image_from_data(data.read(), repository=BASE.split(":")[0], tag=BASE.split(":")[1])
-    # The build context: the project as a user has it, plus a wheelhouse made here, so the build needs
-    # no network (the image installs from wheels/ with no index when the folder is there).
-    context = folder / "context"
-    context.mkdir()
-    for name in ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, context / name)
-    for name in ("proxy", "controller", "config"):
-        shutil.copytree(ROOT / name, context / name, ignore=shutil.ignore_patterns("__pycache__", "*.token",
-                                                                                 "*.state.json*", "*.snapshot.json"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(context / "wheels"), str(ROOT)],
-                   check=True, capture_output=True, timeout=600)
-    engine.client.images.build(path=str(context), tag=IMAGE, buildargs={"BASE_IMAGE": BASE}, pull=False, rm=True,
-                               forcerm=True)
-    yield IMAGE
 
 
 async def _get(url: str, **headers: str) -> tuple[int, str]:
@@ -70,7 +28,7 @@ def _health(container: object) -> str | None:
     return ((container.attrs.get("State") or {}).get("Health") or {}).get("Status")  # type: ignore[attr-defined]
 
 
-async def test_the_image_runs_the_proxy_and_the_controller(docker_engine: Engine, image: str,  # noqa: F811
+async def test_the_image_runs_the_proxy_and_the_controller(docker_engine: Engine, turnout_image: str,  # noqa: F811
                                                            tmp_path: Path) -> None:
     engine = docker_engine
     app_port, listen, admin, controller_port = free_port(), free_port(), free_port(), free_port()
@@ -81,7 +39,7 @@ async def test_the_image_runs_the_proxy_and_the_controller(docker_engine: Engine
         "services": {"shop": {"versions": {"v1": [f"127.0.0.1:{app_port}"]}, "version": "v1"}}}))
     config.chmod(0o644)
     proxy = engine.client.containers.run(
-        image, detach=True, init=True, network_mode="host", labels={"turnout.test": "1"},
+        turnout_image, detach=True, init=True, network_mode="host", labels={"turnout.test": "1"},
         environment={"TURNOUT_HEALTH_URL": f"http://127.0.0.1:{admin}/ready"},
         volumes={str(config): {"bind": "/var/lib/turnout/turnout.yaml", "mode": "ro"}})
     (tmp_path / "controller.yaml").write_text(yaml.safe_dump({
@@ -89,7 +47,7 @@ async def test_the_image_runs_the_proxy_and_the_controller(docker_engine: Engine
         "services": {"shop": {"versions": {"v1": [f"127.0.0.1:{app_port}"]}, "version": "v1"}}}))
     (tmp_path / "controller.yaml").chmod(0o644)
     controller = engine.client.containers.run(
-        image, ["controller", "--config", "/var/lib/turnout/controller.yaml"], detach=True, init=True,
+        turnout_image, ["controller", "--config", "/var/lib/turnout/controller.yaml"], detach=True, init=True,
         network_mode="host", labels={"turnout.test": "1"},
         environment={"TURNOUT_CONTROLLER_TOKEN": "s3cret", "TURNOUT_HEALTH_URL": f"http://127.0.0.1:{controller_port}/live"},
         volumes={str(tmp_path / "controller.yaml"): {"bind": "/var/lib/turnout/controller.yaml", "mode": "ro"}})
