@@ -55,3 +55,35 @@ def test_logs_as_json_lines_at_the_level_asked(tmp_path: Path) -> None:
     assert any(e["message"].startswith("listening on http://127.0.0.1:") for e in entries)
     assert len({e["pid"] for e in entries}) >= 3  # the supervisor and its two workers log alike
     assert {e["level"] for e in entries} <= {"debug", "info", "warning", "error"}
+
+
+def _unwritable(folder: Path) -> bool:
+    """Make ``folder`` refuse new files, root included (chattr +i; chmod for other users)."""
+    if os.geteuid() != 0:
+        folder.chmod(0o500)
+        return True
+    return subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+
+
+def _writable(folder: Path) -> None:
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+    folder.chmod(0o700)
+
+
+def test_a_start_whose_state_file_cannot_be_written_exits_with_one_line(tmp_path: Path) -> None:
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    path = folder / "turnout.yaml"
+    path.write_text("listen: 127.0.0.1:0\nadmin: {listen: 127.0.0.1:0, token_env: TURNOUT_TEST_TOKEN}\n" + BASE)
+    if not _unwritable(folder):
+        raise AssertionError("cannot make a folder unwritable here (chattr)")
+    try:
+        started = subprocess.run([sys.executable, "-m", "proxy", "--config", str(path)], capture_output=True, text=True,
+                                 timeout=30, env={**os.environ, "TURNOUT_TEST_TOKEN": "t"})
+    finally:
+        _writable(folder)
+    lines = started.stderr.strip().splitlines()
+    assert started.returncode == 2 and len(lines) == 1, started.stderr
+    assert lines[0].startswith("turnout: cannot write the state file") and "nothing was changed" in lines[0]
+    assert "Traceback" not in started.stderr and "listening on" not in started.stderr  # before binding any port
