@@ -29,7 +29,8 @@ class Engine:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.url = f"unix://{root}/docker.sock"
-        self.client = docker.DockerClient(base_url=self.url, timeout=30, version="1.41")  # no probe before it runs
+        # No version probe before the engine runs; a long timeout: an image build on a busy machine is slow.
+        self.client = docker.DockerClient(base_url=self.url, timeout=600, version="1.41")
         self.rootfs = root / "rootfs.tar"
 
     def web(self, port: int, text: str, labels: dict[str, str], **options: Any) -> Any:
