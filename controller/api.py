@@ -97,7 +97,8 @@ class Fleet:
         while self.proxies.waiting_for(generation, self.now()) and self.now() < deadline:
             self.polled.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.polled.wait(), min(LIVE_FOR / 5, max(0.0, deadline - self.now())))
+                async with asyncio.timeout(min(LIVE_FOR / 5, max(0.0, deadline - self.now()))):
+                    await self.polled.wait()
         return self.proxies.status(generation, self.now())
 
 
@@ -180,7 +181,8 @@ def make_app(writer: Writer, fleet: Fleet, token: str, rollouts: Book,
             if current is None or current.generation <= known:
                 woken = fleet.changed
                 try:
-                    await asyncio.wait_for(woken.wait(), max(0.0, wait))
+                    async with asyncio.timeout(max(0.0, wait)):
+                        await woken.wait()
                 except TimeoutError:
                     return web.Response(status=204)
                 current = fleet.snapshot

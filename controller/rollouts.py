@@ -259,8 +259,11 @@ class Book:
                 self.woken.clear()
                 wake = await self.tick()
                 delay = TICK if wake is None else max(0.05, min(TICK, wake - self.clock()))
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that comes
+                # as the event fires, and this loop then never stops (seen: a controller hung at SIGTERM).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.woken.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self.woken.wait()
 
     def settled(self) -> bool:
         """Whether the controller knows its fleet: every proxy that was live when the state was last

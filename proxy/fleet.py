@@ -175,6 +175,7 @@ class Fleet:
                 break
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
+                async with asyncio.timeout(remaining):  # not wait_for: it can swallow a cancellation on 3.11
+                    await self._changed.wait()
         return [worker_status(m.index, m.process.pid, m.generation, m.refused, generation)
                 for m in sorted(self.members.values(), key=lambda m: m.index)]
