@@ -25,6 +25,26 @@ IMAGE = "turnout-test/busybox:1"
 TEST_LABEL = "turnout.test"
 
 
+def controller_and_edge(engine: Engine, tmp_path: Path, **sections: Any) -> tuple[Any, Any]:
+    """A controller discovering ``engine``'s containers (``sections``: more of its config) and one
+    managed proxy following it, both as processes."""
+    import yaml
+
+    from .conftest import ProxyProcess
+    from .integration.test_controller import Controller
+    from .integration.test_managed import free_port, managed_config
+
+    port = free_port()
+    (tmp_path / "controller.yaml").write_text(yaml.safe_dump({
+        "controller": {"listen": f"127.0.0.1:{port}"}, "providers": {"docker": {"endpoint": engine.url}},
+        **sections}))
+    controller = Controller(tmp_path / "controller.yaml")
+    (tmp_path / "edge").mkdir()
+    edge_config = tmp_path / "edge" / "turnout.yaml"
+    edge_config.write_text(managed_config(f"http://127.0.0.1:{port}", tmp_path / "controller.token", "edge-1"))
+    return controller, ProxyProcess(edge_config)
+
+
 class Engine:
     def __init__(self, root: Path) -> None:
         self.root = root

@@ -10,10 +10,9 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from ..conftest import ProxyProcess
-from ..dockerengine import Engine, docker_engine  # noqa: F401 - the fixture
+from ..dockerengine import Engine, controller_and_edge, docker_engine  # noqa: F401 - the fixture
 from .test_controller import Controller
-from .test_managed import free_port, managed_config, until
+from .test_managed import free_port, until
 
 SPEC = {"strategy": "canary", "steps": [{"setWeight": 50}, {"pause": {"duration": "1s"}}], "scaleDownDelay": "2s"}
 
@@ -31,15 +30,7 @@ async def versions_seen(port: int, count: int) -> dict[str, int]:
 async def test_deploy_rolls_out_new_containers_and_retires_the_old_ones(docker_engine: Engine,  # noqa: F811
                                                                        tmp_path: Path) -> None:
     engine = docker_engine
-    port = free_port()
-    (tmp_path / "controller.yaml").write_text(yaml.safe_dump({
-        "controller": {"listen": f"127.0.0.1:{port}"}, "providers": {"docker": {"endpoint": engine.url}},
-        "rollouts": {"shop": SPEC}}))
-    controller = Controller(tmp_path / "controller.yaml")
-    (tmp_path / "edge").mkdir()
-    edge_config = tmp_path / "edge" / "turnout.yaml"
-    edge_config.write_text(managed_config(f"http://127.0.0.1:{port}", tmp_path / "controller.token", "edge-1"))
-    edge = ProxyProcess(edge_config)
+    controller, edge = controller_and_edge(engine, tmp_path, rollouts={"shop": SPEC})
     v2, v3 = engine.app_image("shop-app:2", "v2"), engine.app_image("shop-app:3", "v3")
     try:
         p1 = free_port()
@@ -166,14 +157,7 @@ async def test_a_controller_killed_mid_deploy_resumes_it_without_starting_contai
 async def test_a_rolling_deploy_replaces_containers_one_at_a_time_failing_no_request(
         docker_engine: Engine, tmp_path: Path) -> None:  # noqa: F811
     engine = docker_engine
-    port = free_port()
-    (tmp_path / "controller.yaml").write_text(yaml.safe_dump({
-        "controller": {"listen": f"127.0.0.1:{port}"}, "providers": {"docker": {"endpoint": engine.url}}}))
-    controller = Controller(tmp_path / "controller.yaml")
-    (tmp_path / "edge").mkdir()
-    edge_config = tmp_path / "edge" / "turnout.yaml"
-    edge_config.write_text(managed_config(f"http://127.0.0.1:{port}", tmp_path / "controller.token", "edge-1"))
-    edge = ProxyProcess(edge_config)
+    controller, edge = controller_and_edge(engine, tmp_path)
     image = engine.app_image("shop-app:1.1", "v1-new", delay=1)
     try:
         olds = []

@@ -14,8 +14,8 @@ import aiohttp
 import yaml
 
 from ..conftest import ProxyProcess
-from ..dockerengine import Engine, docker_engine  # noqa: F401 - the fixture
-from .test_managed import free_port, managed_config, until
+from ..dockerengine import Engine, controller_and_edge, docker_engine  # noqa: F401 - the fixture
+from .test_managed import free_port, until
 
 
 async def answers(port: int, count: int, host: str = "shop", **headers: str) -> Counter[str]:
@@ -80,17 +80,8 @@ async def _said(process: ProxyProcess, text: str) -> bool:
 
 async def test_the_controller_discovers_for_the_proxies_that_follow_it(docker_engine: Engine,  # noqa: F811
                                                                         tmp_path: Path) -> None:
-    from .test_controller import Controller
-
     engine = docker_engine
-    port = free_port()
-    (tmp_path / "controller.yaml").write_text(yaml.safe_dump({
-        "controller": {"listen": f"127.0.0.1:{port}"}, "providers": {"docker": {"endpoint": engine.url}}}))
-    controller = Controller(tmp_path / "controller.yaml")
-    (tmp_path / "edge").mkdir()
-    edge_config = tmp_path / "edge" / "turnout.yaml"
-    edge_config.write_text(managed_config(f"http://127.0.0.1:{port}", tmp_path / "controller.token", "edge-1"))
-    edge = ProxyProcess(edge_config)
+    controller, edge = controller_and_edge(engine, tmp_path)
     try:
         p1 = free_port()
         started = time.monotonic()
