@@ -193,10 +193,16 @@ async def test_a_rolling_deploy_replaces_containers_one_at_a_time_failing_no_req
                 "service": "shop", "image": image, "version": "v1", "strategy": "rolling"})
             assert status == 201 and body["phase"] == "Rolling" and body["replicas"] == 3, body
 
+            serving: list[int] = []  # sampled: endpoints of shop/v1 taking new requests
+
             async def done() -> bool:
+                _, state = await controller.call(session, "GET", "/v1/state")
+                health = state["services"]["shop"]["versions"]["v1"]["health"]
+                serving.append(sum(1 for status in health.values() if status != "draining"))
                 _, now = await controller.call(session, "GET", "/v1/deploys/shop")
                 return bool(now["phase"] in ("Succeeded", "Failed"))
             await until(done, 90)
+            assert len(serving) > 20 and min(serving) >= 3, serving  # max unavailable 0: never fewer than 3
             _, final = await controller.call(session, "GET", "/v1/deploys/shop")
             assert final["phase"] == "Succeeded", final
             whys = [h["why"] for h in final["history"]]
@@ -216,6 +222,47 @@ async def test_a_rolling_deploy_replaces_containers_one_at_a_time_failing_no_req
         assert {"v1-old", "v1-new"} <= set(seen)
         running = {c.id for c in engine.client.containers.list()}
         assert not running & {c.id for c in olds}
+    finally:
+        edge.stop()
+        controller.stop()
+        engine.cleanup()
+
+
+async def test_undo_inside_the_scale_down_delay_routes_back_to_the_old_containers(
+        docker_engine: Engine, tmp_path: Path) -> None:  # noqa: F811
+    engine = docker_engine
+    controller, edge = controller_and_edge(engine, tmp_path, rollouts={"shop": {**SPEC, "scaleDownDelay": "60s"}})
+    image = engine.app_image("shop-app:2u", "v2")
+    try:
+        p1 = free_port()
+        old = engine.web(p1, "v1", {"turnout.service": "shop", "turnout.version": "v1", "turnout.port": str(p1),
+                                    "turnout.host": "shop"})
+
+        async def only(expected: set[str]) -> bool:
+            return set(await versions_seen(edge.port, 8)) == expected
+        await until(lambda: only({"v1"}), 20)
+        async with aiohttp.ClientSession() as session:
+            status, body = await controller.call(session, "POST", "/v1/deploys",
+                                                 {"service": "shop", "image": image, "version": "v2"})
+            assert status == 201, body
+
+            async def succeeded() -> bool:
+                _, now = await controller.call(session, "GET", "/v1/rollouts/shop")
+                return bool(now.get("phase") == "Succeeded")
+            await until(succeeded, 60)
+            assert await only({"v2"})
+            status, body = await controller.call(session, "POST", "/v1/rollouts/shop/undo")  # within the 60 s
+            assert status == 200 and body["phase"] == "Aborted", body
+            assert await only({"v1"})  # at once: the old container was still there, warm
+
+            async def cleaned() -> bool:
+                _, now = await controller.call(session, "GET", "/v1/deploys/shop")
+                return bool(now["phase"] in ("Aborted", "Failed", "Succeeded"))
+            await until(cleaned, 30)
+            _, done = await controller.call(session, "GET", "/v1/deploys/shop")
+        assert done["phase"] == "Aborted", done
+        assert engine.client.containers.list(all=True, filters={"label": "turnout.deploy=shop-1"}) == []
+        assert old.id in {c.id for c in engine.client.containers.list()}
     finally:
         edge.stop()
         controller.stop()

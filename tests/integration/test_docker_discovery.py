@@ -9,6 +9,7 @@ import asyncio
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import yaml
@@ -69,9 +70,29 @@ async def test_a_standalone_proxy_follows_labelled_containers(docker_engine: Eng
         second.stop(timeout=2)  # one v2 container goes: its endpoint goes, the other serves
         await asyncio.sleep(1)
         assert set(await answers(process.port, 20)) == {"v2"}
+
+        # A container killed (no stop, no goodbye) leaves the routing within a bound.
+        token = (tmp_path / "admin.token").read_text().strip()
+
+        async def endpoints() -> list[str]:
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as admin, \
+                    admin.get(process.admin_url() + "/v1/state") as r:
+                return list((await r.json())["services"]["shop"]["versions"]["v2"]["endpoints"])
+        assert await endpoints() == [f"127.0.0.1:{p4}"]
+        p5 = free_port()
+        doomed = engine.web(p5, "v2", labels("v2", p5))
+        await until(lambda: _has(endpoints, f"127.0.0.1:{p5}", True), 10)
+        killed_at = time.monotonic()
+        doomed.kill()
+        await until(lambda: _has(endpoints, f"127.0.0.1:{p5}", False), 10)
+        assert time.monotonic() - killed_at < 5
     finally:
         process.stop()
         engine.cleanup()
+
+
+async def _has(endpoints: Any, endpoint: str, wanted: bool) -> bool:
+    return (endpoint in await endpoints()) == wanted
 
 
 async def _said(process: ProxyProcess, text: str) -> bool:
