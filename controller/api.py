@@ -112,13 +112,11 @@ def make_app(writer: Writer, fleet: Fleet, token: str, rollouts: Book,
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in ("/ready", "/live") and request.method in ("GET", "HEAD"):
-            return await handler(request)  # health probes carry no token; they reveal nothing
-        if "Origin" in request.headers:
-            return error(403, "requests from web pages (with an Origin header) are refused")
-        if not tokens.matches(tokens.bearer(request.headers.get("Authorization", "")), expected):
-            response = error(401, "missing or wrong bearer token")
-            response.headers["WWW-Authenticate"] = 'Bearer realm="turnout-controller"'
+        refused = tokens.refusal(request.path, request.method, request.headers, expected)
+        if refused is not None:
+            response = error(*refused)
+            if refused[0] == 401:
+                response.headers["WWW-Authenticate"] = 'Bearer realm="turnout-controller"'
             return response
         try:
             return await handler(request)

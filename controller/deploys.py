@@ -170,11 +170,17 @@ class Deploys:
             self.client = docker.DockerClient(base_url=self.url, timeout=30)
         return self.client
 
-    def _health_path(self, service: str, version: str) -> str:
-        entry = ((self.book.writer.desired.document().get("services") or {}).get(service) or {})
-        versions = entry.get("versions") or {}
+    def _version(self, service: str, version: str) -> dict[str, Any] | None:
+        """The version as the routing has it now (its endpoints, draining, health), or None."""
+        versions = ((self.book.writer.desired.document().get("services") or {}).get(service) or {}) \
+            .get("versions") or {}
         found = versions.get(version) if isinstance(versions, dict) else None
-        health = found.get("health") if isinstance(found, dict) else None
+        if found is None:
+            return None
+        return found if isinstance(found, dict) else {"endpoints": list(found)}  # the list shorthand
+
+    def _health_path(self, service: str, version: str) -> str:
+        health = (self._version(service, version) or {}).get("health")
         return str(health.get("path", "/")) if isinstance(health, dict) else "/"
 
     def _keep(self, deploy: Deploy, note: str = "") -> Deploy:
@@ -182,8 +188,10 @@ class Deploys:
             deploy = replace(deploy, reason=note, history=(*deploy.history, (self.clock(), note))[-100:])
         self.deploys[deploy.service] = deploy
         self.book.extra["deploys"] = self.saved()
-        with contextlib.suppress(ChangeError):
+        try:
             self.book.persist_extra()
+        except ChangeError as exc:  # the deploy goes on; its state is written with the next change
+            log.error("deploy %s: %s", deploy.id, exc.message)
         return deploy
 
     def _run(self, deploy: Deploy) -> None:
@@ -249,7 +257,7 @@ class Deploys:
         if current is not None and current.id == deploy.id:  # started before a restart: go on with it
             self._keep(replace(deploy, phase="Releasing"), f"rollout {deploy.id} goes on")
             return
-        await self._until_discovered(deploy)
+        await self._until_served(deploy, lambda endpoints, _: bool(endpoints))  # discovery made them endpoints
         spec: dict[str, Any] | None = {"strategy": deploy.strategy, "steps": [
             {"setWeight": 20}, {"pause": {"duration": "5s"}}, {"setWeight": 60}, {"pause": {"duration": "5s"}}]} \
             if deploy.strategy == "canary" else {"strategy": "blueGreen", "autoPromotionSeconds": 5}
@@ -297,27 +305,13 @@ class Deploys:
         proxy serves that generation."""
         loop = asyncio.get_running_loop()
         for _ in range(300):
-            versions = ((self.book.writer.desired.document().get("services") or {}).get(deploy.service) or {}) \
-                .get("versions") or {}
-            entry = versions.get(deploy.version) if isinstance(versions, dict) else None
-            entry = entry if isinstance(entry, dict) else {"endpoints": entry or []}
+            entry = self._version(deploy.service, deploy.version) or {}
             if ready(list(entry.get("endpoints") or []), list(entry.get("draining") or [])) and \
                     not self.book.proxies.waiting_for(self.book.writer.generation, loop.time()):
                 return
             await asyncio.sleep(0.1)
-        raise ChangeError(504, f"the fleet did not take the change of {deploy.service}/{deploy.version} in time",
-                          "proxies")
-
-    async def _until_discovered(self, deploy: Deploy) -> None:
-        """Discovery makes the containers endpoints; the rollout needs the version to exist."""
-        for _ in range(200):
-            versions = ((self.book.writer.desired.document().get("services") or {}).get(deploy.service) or {}) \
-                .get("versions") or {}
-            if deploy.version in versions:
-                return
-            await asyncio.sleep(0.1)
-        raise ChangeError(409, f"discovery did not find the new containers of {deploy.service}/{deploy.version}: "
-                          "is providers.docker set on the controller?", "providers")
+        raise ChangeError(504, f"the fleet did not take the change of {deploy.service}/{deploy.version} in time "
+                          "(discovery: is providers.docker set on the controller?)", "proxies")
 
     async def _release(self, deploy: Deploy) -> None:
         rollout = self.book.rollouts.get(deploy.service)

@@ -102,18 +102,14 @@ class Book:
     def configure(self, specs: Mapping[str, Any], templates: Mapping[str, Any]) -> None:
         self.specs, self.templates = specs, templates
 
-    def _commit(self, candidate: dict[str, Rollout], publish: list[tuple[Rollout, Route]],
+    def _commit(self, candidate: dict[str, Rollout], publish: tuple[Rollout, Route] | None,
                 extra: Callable[[Any, Overlay], Overlay] | None = None, what: str = "") -> None:
-        """Make ``candidate`` the rollouts: written with the generations it publishes, or alone. On any
-        failure the rollouts are as before and the error is raised."""
+        """Make ``candidate`` the rollouts: written with the generation ``publish`` makes, or alone. On
+        any failure the rollouts are as before and the error is raised."""
         before = self.rollouts
         self.rollouts = candidate
         try:
-            published = False
-            for rollout, route in publish:
-                published |= self._publish(rollout, route, extra, what)
-                extra = None
-            if not published:
+            if publish is None or not self._publish(*publish, extra, what):
                 self._write_if_changed()
         except (ChangeError, OSError):
             self.rollouts = before
@@ -196,7 +192,7 @@ class Book:
         numbers_before = dict(self.numbers)
         self.numbers[service] = number
         try:
-            self._commit({**self.rollouts, service: created}, [(created, created.route)], add,
+            self._commit({**self.rollouts, service: created}, (created, created.route), add,
                          f"rollout {created.id}: start {stable} -> {to}" + (f" at {', '.join(endpoints)}"
                                                                              if endpoints else ""))
         except (ChangeError, OSError):
@@ -245,8 +241,7 @@ class Book:
 
     def report_every(self) -> float | None:
         """How often proxies should report: often while a rollout runs, else as they like."""
-        return REPORT_EVERY if any(r.active or (r.phase is Phase.SUCCEEDED and not r.retired)
-                                   for r in self.rollouts.values()) else None
+        return REPORT_EVERY if any(not r.over for r in self.rollouts.values()) else None
 
     # -- the loop
 
@@ -281,8 +276,7 @@ class Book:
             return None
         wakes = []
         for service, current in list(self.rollouts.items()):
-            if not current.active and (current.phase is not Phase.SUCCEEDED or current.retired) \
-                    and self._observe(current).applied == current.route:
+            if current.over and self._observe(current).applied == current.route:
                 continue
             values = {}
             if self.session is not None:
@@ -311,8 +305,8 @@ class Book:
             log.error("rollout %s aborted: its route cannot be published (%s)", current.id, why)
 
     def _apply(self, advanced: Rollout, actions: list[engine.Action]) -> None:
-        publish = [(advanced, a.route) for a in actions if isinstance(a, engine.Publish)]
-        self._commit({**self.rollouts, advanced.service: advanced}, publish[-1:])
+        routes = [a.route for a in actions if isinstance(a, engine.Publish)]  # the engine asks at most once
+        self._commit({**self.rollouts, advanced.service: advanced}, (advanced, routes[-1]) if routes else None)
         for action in actions:
             if isinstance(action, engine.Measured):
                 m = action.measurement

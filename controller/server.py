@@ -114,11 +114,8 @@ async def _run(writer: Writer, store: Store, loaded: config_module.ControllerCon
              writer.generation)
 
     def reload() -> None:
-        try:
-            entry = writer.reload("signal")
-        except ChangeError as exc:
-            log.error("reload refused, still serving generation %d: %s", writer.generation,
-                      ": ".join(part for part in (loaded.source, exc.field, exc.message) if part))
+        entry = writer.reload_or_say_why("signal", loaded.source)
+        if entry is None:
             return
         try:
             again = config_module.load(loaded.source)

@@ -87,9 +87,6 @@ def load_flags_token(admin: Admin, source: str) -> str | None:
     return token
 
 
-PROBES = frozenset({"/ready", "/live"})  # answered without a token
-
-
 def error(status: int, message: str, **details: Any) -> web.Response:
     return web.json_response({"error": message, **details}, status=status)
 
@@ -103,20 +100,18 @@ def make_app(backend: AdminBackend, token: str, control: Control | None = None,
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in PROBES and request.method in ("GET", "HEAD"):
-            return await handler(request)  # health probes (Docker, Kubernetes) carry no token; they reveal nothing
-        presented = tokens.bearer(request.headers.get("Authorization", ""))
         if request.path.startswith("/ofrep/"):
             # Apps evaluate flags with the admin token or the read-only flags token (bearer or X-API-Key).
-            presented = presented or request.headers.get("X-API-Key", "").encode()
+            presented = tokens.bearer(request.headers.get("Authorization", "")) or \
+                request.headers.get("X-API-Key", "").encode()
             if not tokens.matches(presented, *readers):
                 return web.json_response({"errorDetails": "missing or wrong token"}, status=401)
             return await handler(request)
-        if "Origin" in request.headers:
-            return error(403, "requests from web pages (with an Origin header) are refused")
-        if not tokens.matches(presented, expected):
-            response = error(401, "missing or wrong bearer token")
-            response.headers["WWW-Authenticate"] = 'Bearer realm="turnout-admin"'
+        refused = tokens.refusal(request.path, request.method, request.headers, expected)
+        if refused is not None:
+            response = error(*refused)
+            if refused[0] == 401:
+                response.headers["WWW-Authenticate"] = 'Bearer realm="turnout-admin"'
             return response
         try:
             return await handler(request)

@@ -158,11 +158,8 @@ async def _until_stopped(origin: Control | Follower, receivers: str, config: Con
             reloads.add(task)  # kept until done
             task.add_done_callback(reloads.discard)
             return
-        try:
-            entry = origin.reload("signal")
-        except ChangeError as exc:
-            log.error("reload refused, still serving generation %d: %s", origin.generation,
-                      ": ".join(part for part in (origin.source, exc.field, exc.message) if part))
+        entry = origin.reload_or_say_why("signal", origin.source)
+        if entry is None:
             return
         log.info("reloaded %s: generation %d%s", origin.config_path, entry.generation, receivers)
 

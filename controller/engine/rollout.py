@@ -160,6 +160,11 @@ class Rollout:
     def active(self) -> bool:
         return self.phase in ACTIVE
 
+    @property
+    def over(self) -> bool:
+        """Nothing left for the engine but to keep its route: ended, and no old version still warm."""
+        return not self.active and not (self.phase is Phase.SUCCEEDED and not self.retired)
+
     def saved(self) -> dict[str, Any]:
         """Plain data for the state file. Analysis windows are not kept: after a restart they start afresh."""
         return {"id": self.id, "service": self.service, "stable": self.stable, "canary": self.canary,

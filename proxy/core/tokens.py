@@ -11,11 +11,14 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 
 from .model import ConfigError
 
-__all__ = ["bearer", "load", "matches"]
+__all__ = ["PROBES", "bearer", "load", "matches", "refusal"]
+
+PROBES = frozenset({"/ready", "/live"})  # health probes (Docker, Kubernetes) carry no token; they reveal nothing
 
 
 def load(source: str, section: str, token_env: str | None, token_file: str | None, create: bool) -> str:
@@ -54,3 +57,16 @@ def bearer(authorization: str) -> bytes:
 def matches(presented: bytes, *allowed: bytes) -> bool:
     """Constant-time comparison against each allowed token."""
     return any(hmac.compare_digest(presented, token) for token in allowed)
+
+
+def refusal(path: str, method: str, headers: Mapping[str, str], expected: bytes) -> tuple[int, str] | None:
+    """Why an admin API request is refused — (401 or 403, message) — or None if it may go on: health
+    probes need nothing, requests from web pages (an ``Origin`` header) are refused, every other one
+    needs the bearer token. The same rule for the proxy's admin API and the controller's."""
+    if path in PROBES and method in ("GET", "HEAD"):
+        return None
+    if "Origin" in headers:
+        return 403, "requests from web pages (with an Origin header) are refused"
+    if not matches(bearer(headers.get("Authorization", "")), expected):
+        return 401, "missing or wrong bearer token"
+    return None

@@ -129,6 +129,16 @@ class Writer:
             self.desired = before
             raise
 
+    def reload_or_say_why(self, who: str, source: str) -> Entry | None:
+        """``reload`` for a signal: a refusal is one log line naming ``source`` and the field (the old
+        generation serves on), and None."""
+        try:
+            return self.reload(who)
+        except ChangeError as exc:
+            log.error("reload refused, still serving generation %d: %s", self.generation,
+                      ": ".join(part for part in (source, exc.field, exc.message) if part))
+            return None
+
     def overrides(self) -> dict[str, dict[str, Any]]:
         return self.desired.overrides()
 

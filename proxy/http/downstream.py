@@ -215,12 +215,13 @@ class Downstream(asyncio.Protocol):
         self.header_bytes += len(name) + len(value) + 4
         if self.header_bytes > self.limits.max_header_bytes:
             raise Reject(431, "request header fields too large")
-        if len(self.headers) >= self.limits.max_header_count:
-            raise Reject(431, "too many request header fields")
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.in_head = False
+        # Counted once per request, not per field: max_header_bytes already bounds what piles up.
+        if len(self.headers) > self.limits.max_header_count:
+            raise Reject(431, "too many request header fields")
         exchange = self.prepare()
         self.incoming = exchange
         self.set_deadline(BODY, self.limits.body_idle_timeout)

@@ -64,6 +64,7 @@ class DockerProvider:
         self._client: docker.DockerClient | None = None
         self.reachable: bool | None = None
         self.refresh: Callable[[], None] = lambda: None  # set by ``follow``
+        self.records: list[Container] = []  # the last listing (on the event loop)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._thread = threading.Thread(target=self._run, args=(loop,), name="docker-provider", daemon=True)
@@ -120,10 +121,9 @@ def follow(url: str, writer: Writer, loop: asyncio.AbstractEventLoop,
     ``draining``: the ids of containers being retired (their endpoints drain); ``refresh()`` on the
     provider translates the last snapshot again when that set changes."""
     told: set[str] = set()
-    last: list[list[Container]] = [[]]
 
     def found(records: list[Container]) -> None:
-        last[0] = records
+        provider.records = records
         discovered = translate(records, draining())
         for problem in discovered.problems:
             if problem not in told:
@@ -140,7 +140,7 @@ def follow(url: str, writer: Writer, loop: asyncio.AbstractEventLoop,
             log.info("docker provider: generation %d: %s", entry.generation, _summary(discovered))
 
     provider = DockerProvider(url, found)
-    provider.refresh = lambda: found(last[0])
+    provider.refresh = lambda: found(provider.records)
     provider.start(loop)
     return provider
 
