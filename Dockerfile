@@ -4,19 +4,29 @@
 #   docker run --rm turnout controller --config /var/lib/turnout/controller.yaml
 # /var/lib/turnout is a volume: the configs, their tokens and state files (admin changes, the
 # controller's rollouts, a managed proxy's cached snapshot) live there and survive the container.
-# BASE_IMAGE: any image with Python >= 3.11 and its venv module (CI builds on a Debian rootfs
-# imported offline). A wheels/ folder in the build context, if there is one, is installed from with
-# no index at all (an offline build: `pip wheel --wheel-dir wheels .` first).
+# Two stages. The build stage makes the wheel: setup.py compiles the hot path with mypyc there, which needs
+# a C compiler and Python's headers (the full python image has both; without them the wheel is pure
+# Python and serves the same, slower). The image itself gets only the wheels, no compiler.
+# BASE_IMAGE: any image with Python >= 3.11 and its venv module; BUILD_IMAGE must have the same Python
+# version (the compiled wheel is for one). A wheels/ folder in the build context, if there is one, is used
+# as it is and installed from with no index at all: an offline build (`pip wheel --wheel-dir wheels .`
+# first; CI builds that way on a Debian rootfs imported offline, with BUILD_IMAGE=BASE_IMAGE).
 ARG BASE_IMAGE=python:3.12-slim
-FROM ${BASE_IMAGE}
+ARG BUILD_IMAGE=python:3.12
+FROM ${BUILD_IMAGE} AS build
 COPY . /src
+RUN if [ -d /src/wheels ]; then cp -r /src/wheels /wheels; \
+    else python3 -m pip wheel --no-cache-dir --disable-pip-version-check --wheel-dir /wheels /src; fi
+
+FROM ${BASE_IMAGE}
+COPY --from=build /wheels /wheels
+COPY config/container.yaml config/container-controller.yaml /tmp/turnout-config/
 RUN python3 -m venv /opt/turnout \
-    && if [ -d /src/wheels ]; then \
-         /opt/turnout/bin/pip install --no-cache-dir --disable-pip-version-check --no-index --find-links /src/wheels turnout; \
-       else /opt/turnout/bin/pip install --no-cache-dir --disable-pip-version-check /src; fi \
-    && mkdir -p /var/lib/turnout && cp /src/config/container.yaml /var/lib/turnout/turnout.yaml \
-    && cp /src/config/container-controller.yaml /var/lib/turnout/controller.yaml \
-    && rm -rf /src \
+    && /opt/turnout/bin/pip install --no-cache-dir --disable-pip-version-check --no-index --find-links /wheels turnout \
+    && rm -rf /wheels \
+    && mkdir -p /var/lib/turnout && cp /tmp/turnout-config/container.yaml /var/lib/turnout/turnout.yaml \
+    && cp /tmp/turnout-config/container-controller.yaml /var/lib/turnout/controller.yaml \
+    && rm -rf /tmp/turnout-config \
     && useradd --system --home-dir /var/lib/turnout --shell /usr/sbin/nologin turnout \
     && chown -R turnout /var/lib/turnout
 ENV PATH=/opt/turnout/bin:$PATH \

@@ -6,8 +6,11 @@ BIN := $(VENV)/bin
 
 .PHONY: run test lint bench clean servers
 
-# `make run` installs what Turnout needs to run; `make test` adds the test toolchain.
-$(BIN)/.installed: pyproject.toml
+# `make run` installs what Turnout needs to run; `make test` adds the test toolchain. The install compiles
+# the hot path with mypyc (setup.py; pure Python where no C compiler exists) into extensions beside the
+# sources, so it is redone whenever one of those sources changes (proxy/build.py lists them).
+HOT_PATH := $(shell sed -n 's/^    "\(proxy\/.*\.py\)",$$/\1/p' proxy/build.py)
+$(BIN)/.installed: pyproject.toml setup.py $(HOT_PATH)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e .
 	touch $@
@@ -28,7 +31,7 @@ run: $(BIN)/.installed
 	wait -n $$controller $$proxy; kill -TERM $$controller $$proxy $$load 2>/dev/null; wait
 
 lint: $(BIN)/.installed-test
-	$(BIN)/ruff check proxy controller tests benchmarks
+	$(BIN)/ruff check setup.py proxy controller tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
@@ -50,11 +53,22 @@ servers:
 	  $(APT) install $$missing >/dev/null 2>&1 || { $(APT) update && $(APT) install $$missing >/dev/null; }; \
 	  [ -z "$$guard" ] || $(SUDO) rm -f /usr/sbin/policy-rc.d; fi
 
+# The whole suite on the compiled build, then the hot path's tests on the pure one: a copy of the sources
+# without the extensions (TURNOUT_EXPECT_BUILD makes tests/e2e/test_build.py check which build ran).
+PURE := build/pure
+HOT_TESTS := tests/e2e/test_build.py tests/unit/test_downstream.py tests/unit/test_head.py \
+	tests/unit/test_routing.py tests/integration/test_forwarding.py tests/integration/test_proxy_split.py \
+	tests/integration/test_malformed.py tests/integration/test_tls.py tests/integration/test_zero_drops.py \
+	tests/integration/test_health.py tests/integration/test_lifecycle.py
 test: lint servers
-	$(BIN)/pytest -q
+	TURNOUT_EXPECT_BUILD=compiled $(BIN)/pytest -q
+	rm -rf $(PURE) && mkdir -p $(PURE) && cp -r pyproject.toml setup.py proxy controller tests config $(PURE)/
+	find $(PURE) \( -name '*.so' -o -name __pycache__ \) -prune -exec rm -rf {} +
+	cd $(PURE) && TURNOUT_EXPECT_BUILD=pure $(CURDIR)/$(BIN)/pytest -q -p no:cacheprovider $(HOT_TESTS)
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.so
+	find proxy -name '*.so' -delete

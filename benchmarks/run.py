@@ -3,12 +3,13 @@
     .venv/bin/python benchmarks/run.py [--rounds 3] [--duration 8] [--connections 64]
 
 Installs nginx, HAProxy and wrk from Debian if they are missing (without starting their services).
-Two upstreams (nginx, one worker, serving a 100-byte and a 64 KiB file, tagging responses with their
+Two upstreams (nginx, one worker, serving 100-byte, 64 KiB and 1 MiB files, tagging responses with their
 version) sit on core 1 with wrk. Each proxy runs alone on core 0 with one worker and splits 90/10 by
 a sticky hash of the X-User-Id header, which wrk sets to a random user per request:
 - nginx: `split_clients` on the header, upstream keep-alive pools;
 - HAProxy: `balance hdr(x-user-id)` with consistent hashing and weights 90/10, `http-reuse always`;
-- Turnout: a header rule in front of a sticky split (the rule never matches: it costs a miss).
+- Turnout: a header rule in front of a sticky split (the rule never matches: it costs a miss), once as
+  installed (the hot path compiled by mypyc) and once from a copy of its sources (pure Python).
 Rounds interleave the proxies so drift on the machine hits them alike. For each run we report req/s,
 p50/p99 latency from wrk, and CPU-µs per proxied request from /proc (user+system time of the proxy's
 processes divided by requests completed), then medians, min-max and ratios to nginx.
@@ -31,6 +32,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +41,10 @@ PROXY_CORE, LOAD_CORE = "0", "1"
 UPSTREAM_PORTS = {"v1": 19101, "v2": 19102}
 PROXY_PORT = 19100
 TLS_PORT = 19143  # the same proxy, terminating TLS (keep-alive clients, so handshakes are amortised)
-SIZES = {"100B": 100, "64KiB": 65536}
+SIZES = {"100B": 100, "64KiB": 65536, "1MiB": 1 << 20}
 # What wrk fetches in each case: (file, TLS?)
-CASES = {"100B": ("100B", False), "64KiB": ("64KiB", False), "HTTPS 100B": ("100B", True)}
+CASES = {"100B": ("100B", False), "64KiB": ("64KiB", False), "1MiB": ("1MiB", False),
+         "HTTPS 100B": ("100B", True)}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 WRK_SCRIPT = """
@@ -168,6 +171,7 @@ def nginx_proxy(work: Path) -> subprocess.Popen[bytes]:
         "  location / { proxy_pass http://$version; proxy_http_version 1.1;\n"
         "    proxy_set_header Connection \"\"; proxy_buffering on;\n"
         # Big enough that a 64 KiB response never spills to a temp file (that would be unfair to nginx).
+        # 1 MiB streams through those buffers (no temp file either).
         "    proxy_buffer_size 16k; proxy_buffers 8 16k; proxy_max_temp_file_size 0; } } }\n"
     ))
     return pinned(PROXY_CORE, ["nginx", "-c", str(conf), "-g", "daemon off;"])
@@ -188,7 +192,21 @@ def haproxy_proxy(work: Path) -> subprocess.Popen[bytes]:
     return pinned(PROXY_CORE, ["haproxy", "-f", str(conf)])
 
 
-def turnout_proxy(work: Path, flags: int = 0) -> subprocess.Popen[bytes]:
+def pure_sources(work: Path) -> Path:
+    """A copy of the package without its compiled extensions: run from there, Python imports the sources
+    (checked before measuring), so both builds are measured in the same rounds."""
+    copy = work / "pure"
+    if not copy.exists():
+        shutil.copytree(ROOT / "proxy", copy / "proxy", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    return copy
+
+
+def turnout_build(cwd: Path, env: dict[str, str]) -> str:
+    return subprocess.run([sys.executable, "-c", "from proxy import build; print(build.current().kind)"],
+                          cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def turnout_proxy(work: Path, flags: int = 0, pure: bool = False) -> subprocess.Popen[bytes]:
     conf = work / f"turnout-{flags}.yaml"
     inject = ""
     if flags:  # N flags, each with a targeting rule and a 10 % rollout, injected into every request
@@ -210,11 +228,21 @@ def turnout_proxy(work: Path, flags: int = 0) -> subprocess.Popen[bytes]:
         + inject
     )
     env = {**os.environ, "TURNOUT_LOG_LEVEL": "WARNING"}
-    return pinned(PROXY_CORE, [sys.executable, "-m", "proxy", "--config", str(conf)], cwd=ROOT, env=env,
+    cwd = ROOT
+    if pure:
+        cwd = pure_sources(work)
+        env["PYTHONPATH"] = str(cwd)
+    want = "pure Python" if pure else "compiled (mypyc)"
+    if (got := turnout_build(cwd, env)) != want:
+        raise RuntimeError(f"turnout{'-pure' if pure else ''} would serve with the {got} build, not {want}")
+    return pinned(PROXY_CORE, [sys.executable, "-m", "proxy", "--config", str(conf)], cwd=cwd, env=env,
                   stderr=subprocess.DEVNULL)
 
 
-PROXIES = {"nginx": nginx_proxy, "haproxy": haproxy_proxy, "turnout": turnout_proxy}
+PROXIES: dict[str, Callable[[Path], subprocess.Popen[bytes]]] = {
+    "nginx": nginx_proxy, "haproxy": haproxy_proxy, "turnout": turnout_proxy,
+    "turnout-pure": lambda work: turnout_proxy(work, pure=True),
+}
 
 
 # ----------------------------------------------------------------------------------------------- measuring

@@ -275,10 +275,13 @@ def _header(text: str) -> tuple[str, str]:
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
+    from . import build
+
     try:
-        return version("turnout")
+        installed = version("turnout")
     except PackageNotFoundError:
-        return "(not installed)"
+        installed = "(not installed)"
+    return f"{installed} ({build.current().describe()})"
 
 
 def _pair(text: str) -> tuple[str, str]:

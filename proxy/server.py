@@ -26,7 +26,7 @@ from typing import Any
 import uvloop
 from aiohttp import web
 
-from . import admin
+from . import admin, build
 from .control import Control
 from .core import wire
 from .core.model import Config, ConfigError
@@ -76,6 +76,8 @@ def serve(config_path: str, workers: int = 1) -> int:
         if isinstance(origin, Follower):
             host, port = next(iter(sockets.values())).getsockname()[:2]
             origin.address = f"{host}:{port}"
+        serving = build.current()
+        log.log(logging.WARNING if serving.stale or not serving.compiled else logging.INFO, "%s", serving.describe())
         log.info("serving with %d worker(s), generation %d", workers, snapshot.generation)
         if workers <= 1:
             uvloop.run(_serve_one(config, snapshot, origin, sockets, token))

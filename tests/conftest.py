@@ -167,13 +167,14 @@ async def proxy() -> AsyncIterator[Callable[..., Awaitable[Worker]]]:
 class ProxyProcess:
     """Turnout run as a user runs it: ``python -m proxy --config FILE``."""
 
-    def __init__(self, config_path: Path, workers: int = 1) -> None:
+    def __init__(self, config_path: Path, workers: int = 1, cwd: Path = ROOT,
+                 env: dict[str, str] | None = None) -> None:
         self.config_path = config_path
         self.log_path = config_path.with_suffix(".log")
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "proxy", "--config", str(config_path), "--workers", str(workers)],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=cwd, env=env,
         )
         self.ports = self._wait_ports()
         self.port = next(iter(self.ports.values()))

@@ -170,8 +170,8 @@ def turnout_image(docker_engine: Engine, tmp_path_factory: pytest.TempPathFactor
                                                                                  "*.state.json*", "*.snapshot.json"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(context / "wheels"),
                     str(ROOT)], check=True, capture_output=True, timeout=600)
-    engine.client.images.build(path=str(context), tag=TURNOUT_IMAGE, buildargs={"BASE_IMAGE": BASE}, pull=False,
-                               rm=True, forcerm=True)
+    engine.client.images.build(path=str(context), tag=TURNOUT_IMAGE, pull=False, rm=True, forcerm=True,
+                               buildargs={"BASE_IMAGE": BASE, "BUILD_IMAGE": BASE})
     yield TURNOUT_IMAGE
 
 

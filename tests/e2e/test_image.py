@@ -66,6 +66,7 @@ async def test_the_image_runs_the_proxy_and_the_controller(docker_engine: Engine
             assert time.monotonic() < deadline, (_health(proxy), _health(controller), proxy.logs()[-500:])
             await asyncio.sleep(0.5)
         assert proxy.attrs["Config"]["User"] == "turnout"
+        assert b"hot path: compiled (mypyc)" in proxy.logs()  # the wheel built for the image is the compiled one
         uid = proxy.exec_run(["python3", "-c", "import os; print(os.getuid())"]).output.decode().strip()
         assert uid != "0"
         listing = proxy.exec_run(["python3", "-c", "import os; print(sorted(os.listdir('/var/lib/turnout')))"])
