@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from array import array
+from typing import Final
 
 from .buckets import BUCKETS
 
@@ -39,7 +40,7 @@ class Bucketer:
 
 
 # The one hash of a targeting key that every flag shares (its salt is no flag's: flags permute it).
-FLAG_KEYS = Bucketer("turnout flags")
+FLAG_KEYS: Final = Bucketer("turnout flags")
 
 
 @functools.lru_cache(maxsize=256)

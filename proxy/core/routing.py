@@ -21,6 +21,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
 from itertools import accumulate
+from typing import Final
 
 from . import buckets
 from .flags import FlagSet, Injection
@@ -45,7 +46,7 @@ class Target:
 
 
 _NO_OUTLIER, _NO_RETRIES = Outlier(), Retries()
-FLAG_PREFIX = "flag:"  # flag tables share the state file with split tables: keep the keys apart
+FLAG_PREFIX: Final = "flag:"  # flag tables share the state file with split tables: keep the keys apart
 
 
 class VersionRoute:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
@@ -36,19 +36,24 @@ if TYPE_CHECKING:
 __all__ = ["Downstream"]
 
 # What a deadline means when it passes.
-NONE, HEADERS, BODY, IDLE, POOL, DRAIN = 0, 1, 2, 3, 4, 5
-NEVER = float("inf")
-LINGER = 2.0  # seconds a closing connection keeps reading (and discarding) after its last response
+NONE: Final = 0
+HEADERS: Final = 1
+BODY: Final = 2
+IDLE: Final = 3
+POOL: Final = 4
+DRAIN: Final = 5
+NEVER: Final = float("inf")
+LINGER: Final = 2.0  # seconds a closing connection keeps reading (and discarding) after its last response
 # At a drain, an idle keep-alive connection stays open this long: a request already on its way is
 # answered (with Connection: close) instead of meeting a closed connection; then it is half-closed.
-DRAIN_IDLE = 1.0
+DRAIN_IDLE: Final = 1.0
 
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-_METHODS: dict[bytes, str] = {}
+IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+_METHODS: Final[dict[bytes, str]] = {}
 # Host header -> lookup key. Clients send few distinct Host values, so normalising each once saves
 # several string operations per request; bounded, so that a client inventing hosts cannot grow it.
-_HOSTS: dict[str, str] = {}
-_HOSTS_KEPT = 4096
+_HOSTS: Final[dict[str, str]] = {}
+_HOSTS_KEPT: Final = 4096
 
 
 class Downstream(asyncio.Protocol):
@@ -66,6 +71,7 @@ class Downstream(asyncio.Protocol):
         "headers",
         "in_head",
         "incoming",
+        "large",
         "limits",
         "listening",
         "out",
@@ -98,6 +104,7 @@ class Downstream(asyncio.Protocol):
         self.upgrading: Exchange | None = None
         self.tunnel: UpstreamConnection | None = None
         self.out: list[bytes] = []
+        self.large = False  # ``out`` holds a piece too big to copy into one joined write
         self.deadline = NEVER
         self.deadline_kind = NONE
         self.reading = True
@@ -430,10 +437,17 @@ class Downstream(asyncio.Protocol):
         self.flush()
 
     def flush(self) -> None:
-        if self.out:
+        out = self.out
+        if out:
             if not self.transport.is_closing():
-                self.transport.write(b"".join(self.out))
-            self.out.clear()
+                if self.large:
+                    # One vectored write (uvloop: writev) instead of copying a large body into a joined
+                    # buffer; small pieces are cheaper joined than passed as buffers of their own.
+                    self.transport.writelines(out)
+                else:
+                    self.transport.write(b"".join(out))
+            self.large = False
+            out.clear()
 
     def reject(self, status: int, reason: str) -> None:
         """Answer a request we refuse to forward, after any earlier responses, then close."""

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Set as AbstractSet
 from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from .http1 import CRLF, HOP_BY_HOP, LAST_CHUNK, PLAIN_TOKENS, chunk, connection_tokens, local_response, status_line
 
@@ -32,12 +33,18 @@ __all__ = ["Exchange"]
 log = logging.getLogger("turnout")
 
 # Request body bytes buffered while no upstream connection is attached, before the client is paused.
-PENDING_LIMIT = 256 * 1024
+PENDING_LIMIT: Final = 256 * 1024
+
+# A response body piece at least this big is written as a buffer of its own, not copied into a join.
+LARGE_PIECE: Final = 16 * 1024
 
 # Framing of the response towards the client.
-NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE = 0, 1, 2, 3
+NO_BODY: Final = 0
+LENGTH: Final = 1
+CHUNKED: Final = 2
+UNTIL_CLOSE: Final = 3
 
-_NO_BODY_STATUSES = frozenset({204, 304})
+_NO_BODY_STATUSES: Final = frozenset({204, 304})
 
 
 class Exchange:
@@ -345,7 +352,7 @@ class Exchange:
         self.response_started = True
         self.status = status
         lines: list[bytes] = []
-        tokens: set[bytes] | None = None
+        tokens: AbstractSet[bytes] | None = None
         length: bytes | None = None
         chunked = False
         upgrade = b""
@@ -406,11 +413,15 @@ class Exchange:
     def response_body(self, data: bytes) -> None:
         if self.discarding:
             return
-        self.sent += len(data)
+        size = len(data)
+        self.sent += size
+        down = self.down
+        if size >= LARGE_PIECE:
+            down.large = True
         if self.framing == CHUNKED:
-            self.down.out.extend(chunk(data))
+            down.out.extend(chunk(data))
         elif self.framing != NO_BODY:
-            self.down.out.append(data)
+            down.out.append(data)
 
     def response_done(self) -> None:
         """The upstream finished the response (its connection is already back in the pool or closed)."""

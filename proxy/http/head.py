@@ -20,6 +20,7 @@ No I/O and no clock: bytes in, bytes out; a refusal is ``Reject`` with its statu
 from __future__ import annotations
 
 from collections.abc import Set as AbstractSet
+from typing import Final
 
 from ..core.model import Sticky
 from .http1 import HOP_BY_HOP, PLAIN_TOKENS, Reject, connection_tokens
@@ -29,8 +30,8 @@ __all__ = ["Fields", "end_to_end", "read_fields", "request_target", "sticky_cook
 Headers = list[tuple[bytes, bytes]]
 
 # Headers never passed on as received (the proxy writes its own), and those ``read_fields`` also looks at.
-DROPPED = HOP_BY_HOP | {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
-_SPECIAL = DROPPED | {b"expect"}
+DROPPED: Final = HOP_BY_HOP | {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+_SPECIAL: Final = DROPPED | {b"expect"}
 
 
 class Fields:
@@ -39,7 +40,7 @@ class Fields:
     __slots__ = ("chunked", "expect_continue", "forwarded_for", "host", "length", "lines", "routing", "te_trailers",
                  "tokens", "upgrade")
 
-    def __init__(self, host: bytes | None, length: bytes | None, chunked: bool, tokens: set[bytes] | None,
+    def __init__(self, host: bytes | None, length: bytes | None, chunked: bool, tokens: AbstractSet[bytes] | None,
                  upgrade: bytes, te_trailers: bool, expect_continue: bool, forwarded_for: bytes,
                  routing: dict[str, str], lines: list[bytes]) -> None:
         self.host = host
@@ -60,7 +61,7 @@ def read_fields(headers: Headers, wanted: AbstractSet[bytes]) -> Fields:
     host: bytes | None = None
     length: bytes | None = None
     chunked = te_trailers = expect_continue = False
-    tokens: set[bytes] | None = None
+    tokens: AbstractSet[bytes] | None = None
     upgrade = forwarded_for = b""
     routing: dict[str, str] = {}
     lines: list[bytes] = []

@@ -4,6 +4,7 @@ chunk framing and the small responses the proxy writes itself. No I/O here."""
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Final
 
 __all__ = [
     "HOP_BY_HOP",
@@ -17,7 +18,7 @@ __all__ = [
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) plus the framing headers, which the proxy always recomputes,
 # and the h2c upgrade settings, which must not reach an HTTP/1.1 upstream.
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -32,10 +33,10 @@ HOP_BY_HOP = frozenset(
 )
 
 # Connection tokens that name no other header: anything else in Connection makes that header hop-by-hop.
-PLAIN_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"})
+PLAIN_TOKENS: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
 
-LAST_CHUNK = b"0\r\n\r\n"
-CRLF = b"\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"
+CRLF: Final = b"\r\n"
 
 
 class Reject(Exception):
@@ -47,9 +48,20 @@ class Reject(Exception):
         self.reason = reason
 
 
-def connection_tokens(value: bytes) -> set[bytes]:
+# Connection header value -> its tokens. Upstreams and clients send a handful of values ("keep-alive",
+# "close"), so each is split once; bounded, so that invented values cannot grow it.
+_TOKENS: Final[dict[bytes, frozenset[bytes]]] = {}
+_TOKENS_KEPT: Final = 256
+
+
+def connection_tokens(value: bytes) -> frozenset[bytes]:
     """The lower-cased tokens of a Connection header: the headers it names are hop-by-hop too."""
-    return {token.strip().lower() for token in value.split(b",") if token.strip()}
+    tokens = _TOKENS.get(value)
+    if tokens is None:
+        tokens = frozenset(token.strip().lower() for token in value.split(b",") if token.strip())
+        if len(_TOKENS) < _TOKENS_KEPT:
+            _TOKENS[value] = tokens
+    return tokens
 
 
 def chunk(data: bytes) -> tuple[bytes, bytes, bytes]:
@@ -57,8 +69,8 @@ def chunk(data: bytes) -> tuple[bytes, bytes, bytes]:
     return (b"%x\r\n" % len(data), data, CRLF)
 
 
-_STATUS_LINES: dict[int, bytes] = {}
-_RELAYED_LINES: dict[tuple[int, bytes], bytes] = {}
+_STATUS_LINES: Final[dict[int, bytes]] = {}
+_RELAYED_LINES: Final[dict[tuple[int, bytes], bytes]] = {}
 
 
 def status_line(status: int, reason: bytes | None = None) -> bytes:

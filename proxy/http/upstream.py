@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
 import httptools
 
@@ -21,6 +21,13 @@ if TYPE_CHECKING:
     from .exchange import Exchange
 
 __all__ = ["Pool", "UpstreamConnection"]
+
+# A response head longer than this is refused (502) instead of buffered without end.
+RESPONSE_HEAD_LIMIT: Final = 64 * 1024
+
+
+class HeadTooLarge(Exception):
+    pass
 
 
 class PoolLimits(Protocol):
@@ -130,6 +137,7 @@ class UpstreamConnection(asyncio.Protocol):
         "deadline",
         "done",
         "exchange",
+        "head_bytes",
         "headers",
         "parser",
         "pool",
@@ -147,6 +155,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: Exchange | None = None
         self.headers: list[tuple[bytes, bytes]] = []
+        self.head_bytes = 0
         self.reason = b""
         self.done = False
         self.reusable = False
@@ -177,7 +186,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         except httptools.HttpParserError as exc:
             self.transport.close()
-            exchange.fail(502, f"bad response from upstream {self.pool.address}: {exc}")
+            reason = "response head too large" if isinstance(exc.__context__, HeadTooLarge) else str(exc)
+            exchange.fail(502, f"bad response from upstream {self.pool.address}: {reason}")
             return
         finally:
             exchange.down.flush()
@@ -220,11 +230,15 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.headers = []
+        self.head_bytes = 0
 
     def on_status(self, reason: bytes) -> None:
         self.reason = reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_bytes += len(name) + len(value)
+        if self.head_bytes > RESPONSE_HEAD_LIMIT:
+            raise HeadTooLarge
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:

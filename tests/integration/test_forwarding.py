@@ -384,3 +384,65 @@ async def test_access_log_lines(upstreams, proxy, tmp_path) -> None:
             "bytes": len(body), "generation": 1}
     assert 0 <= last["bucket"] < 10_000 and last["duration_ms"] > 0 and last["upstream"] in (v1.address, v2.address)
     assert last["time"].endswith("Z")
+
+
+class PiecesUpstream:
+    """Answers each request with ``pieces``, written one by one with a pause between them, so the proxy
+    reads the response head in as many reads as there are pieces."""
+
+    def __init__(self, *pieces: bytes) -> None:
+        self.pieces = pieces
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        for piece in self.pieces:
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.02)
+        await reader.read()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+@pytest.mark.parametrize("split", [
+    "head in one read after an interim response in the same read",
+    "head split inside a field name, a value and the blank line",
+    "interim and final head split across reads",
+])
+async def test_a_response_head_in_pieces_and_after_interim_responses(proxy, split: str) -> None:
+    interim = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\nConnection: keep-alive\r\n\r\n"
+    final = (b"HTTP/1.1 200 OK\r\nX-Kept: yes\r\nConnection: keep-alive, X-Hidden\r\nX-Hidden: 1\r\n"
+             b"Content-Length: 5\r\n\r\nhello")
+    whole = interim + final
+    pieces = {
+        "head in one read after an interim response in the same read": [whole],
+        "head split inside a field name, a value and the blank line": [
+            final[:20], final[20:40], final[40:len(final) - 8], final[len(final) - 8:]],
+        "interim and final head split across reads": [whole[:30], whole[30:len(interim) + 20], whole[len(interim) + 20:]],
+    }[split]
+    upstream = PiecesUpstream(*pieces)
+    worker = await proxy(one_version(await upstream.start()))
+    data = await raw_exchange(worker.port, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    if split != "head split inside a field name, a value and the blank line":
+        assert data.startswith(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+        data = data[data.index(b"\r\n\r\n") + 4 :]
+    status, headers, body = parse_response(data)
+    assert (status, body) == (200, b"hello")
+    assert headers["x-kept"] == "yes" and headers["content-length"] == "5" and "x-hidden" not in headers
+    await upstream.stop()
+
+
+async def test_a_response_head_without_end_is_refused_with_502(proxy) -> None:
+    upstream = PiecesUpstream(b"HTTP/1.1 200 OK\r\n", *[b"X-Filler: " + b"x" * 8000 + b"\r\n"] * 10)
+    worker = await proxy(one_version(await upstream.start()))
+    data = await raw_exchange(worker.port, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    status, _, body = parse_response(data)
+    assert status == 502 and b"too large" in body
+    await upstream.stop()
