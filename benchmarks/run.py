@@ -19,6 +19,7 @@ Results go to benchmarks/results/<timestamp>.json and a Markdown table to stdout
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -206,7 +207,7 @@ def turnout_build(cwd: Path, env: dict[str, str]) -> str:
                           cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout.strip()
 
 
-def turnout_proxy(work: Path, flags: int = 0, pure: bool = False) -> subprocess.Popen[bytes]:
+def turnout_proxy(work: Path, flags: int = 0, pure: bool = False, tree: Path = ROOT) -> subprocess.Popen[bytes]:
     conf = work / f"turnout-{flags}.yaml"
     inject = ""
     if flags:  # N flags, each with a targeting rule and a 10 % rollout, injected into every request
@@ -228,7 +229,9 @@ def turnout_proxy(work: Path, flags: int = 0, pure: bool = False) -> subprocess.
         + inject
     )
     env = {**os.environ, "TURNOUT_LOG_LEVEL": "WARNING"}
-    cwd = ROOT
+    cwd = tree
+    if tree != ROOT:  # another source tree, built in place (--against)
+        env["PYTHONPATH"] = str(tree)
     if pure:
         cwd = pure_sources(work)
         env["PYTHONPATH"] = str(cwd)
@@ -312,7 +315,20 @@ def measure(name: str, work: Path, duration: float, connections: int, script: Pa
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        time.sleep(0.3)
+        wait_free(PROXY_PORT)
+        wait_free(TLS_PORT)
+
+
+def wait_free(port: int, timeout: float = 15) -> None:
+    """Until nothing answers on ``port``: the next proxy must not find the last one still there."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+        except OSError:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"something still listens on {port}")
 
 
 def summarise(rounds: list[dict[str, dict[str, Any]]]) -> tuple[str, dict[str, Any]]:
@@ -362,11 +378,25 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=8, help="seconds of load per run")
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--against", type=Path, action="append", default=[], metavar="TREE",
+                        help="also measure Turnout from this source tree (a checkout built in place: "
+                             "`python setup.py build_ext --inplace`), to compare two versions in one run")
+    parser.add_argument("--proxies", help="comma-separated: only these (nginx is always measured)")
+    parser.add_argument("--cases", help=f"comma-separated: only these of {', '.join(CASES)}")
     parser.add_argument("--flags", type=int, default=0,
                         help="also measure Turnout with this many flags injected into every request")
     args = parser.parse_args()
     if args.flags:
         PROXIES[f"turnout+{args.flags}flags"] = lambda work: turnout_proxy(work, args.flags)
+    for tree in args.against:
+        PROXIES[f"turnout@{tree.name}"] = functools.partial(turnout_proxy, tree=tree.resolve())
+    if args.proxies:
+        keep = {"nginx", *args.proxies.split(",")}
+        for name in [name for name in PROXIES if name not in keep]:
+            del PROXIES[name]
+    if args.cases:
+        for case in [case for case in CASES if case not in args.cases.split(",")]:
+            del CASES[case]
     if os.cpu_count() is None or os.cpu_count() < 2:  # type: ignore[operator]
         print("needs two cores: one for the proxy, one for wrk and the upstreams", file=sys.stderr)
         return 1
@@ -396,7 +426,10 @@ def main() -> int:
             upstreams.wait(15)
     table, summary = summarise(rounds)
     command = f"python benchmarks/run.py --rounds {args.rounds} --duration {args.duration:g} " \
-              f"--connections {args.connections}" + (f" --flags {args.flags}" if args.flags else "")
+              f"--connections {args.connections}" + (f" --flags {args.flags}" if args.flags else "") \
+              + "".join(f" --against {tree}" for tree in args.against) \
+              + (f" --proxies {args.proxies}" if args.proxies else "") \
+              + (f" --cases {args.cases}" if args.cases else "")
     print(f"`{command}` on {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}\n{table}")
     out = ROOT / "benchmarks" / "results"
     out.mkdir(exist_ok=True)

@@ -27,6 +27,7 @@ from .core.model import Config, ConfigError, Listener
 from .core.reader import from_document
 from .core.routing import Target
 from .core.stats import VersionStats, WorkerStats
+from .http.context import ServingContext
 from .http.downstream import Downstream
 from .http.upstream import Pool
 from .tls import CertificateSet, Terminator
@@ -58,7 +59,7 @@ class Listening:
         return int(self.server.sockets[0].getsockname()[1])
 
 
-class Worker:
+class Worker(ServingContext):
     def __init__(self, config: Config, generation: int = 1, tables: buckets.Tables | None = None) -> None:
         """``tables``: as the writer planned them (None: fresh ones, for tests and benchmarks)."""
         self.config = config
@@ -69,7 +70,8 @@ class Worker:
         self.health = Health()
         self.budget = RetryBudget()
         self.checker = Checker(self.health)
-        self.access_log = AccessLogWriter(config.access_log) if config.access_log is not None else None
+        self.access_writer = AccessLogWriter(config.access_log) if config.access_log is not None else None
+        self.access_log = self.access_writer  # what the hot path records into
         self.version_stats = self._count_versions(self.state)
         # Snapshots are large and long-lived (bucket tables); moving them out of the collector's
         # view keeps full collections, which the per-request garbage triggers, short.
@@ -218,8 +220,8 @@ class Worker:
     def tick(self, now: float) -> None:
         self.now = now
         self.health.tick(now)
-        if self.access_log is not None:
-            self.access_log.tick(now)
+        if self.access_writer is not None:
+            self.access_writer.tick(now)
         for down in list(self.downstreams):
             if down.deadline <= now:
                 down.expire(now)
@@ -261,8 +263,8 @@ class Worker:
         if self._sweeper is not None:
             self._sweeper.cancel()
         await self.checker.close()
-        if self.access_log is not None:
-            self.access_log.close()
+        if self.access_writer is not None:
+            self.access_writer.close()
 
     async def close(self) -> None:
         """Immediate stop (tests): no grace, abort everything."""
