@@ -15,9 +15,11 @@ $(BIN)/.installed: pyproject.toml setup.py $(HOT_PATH)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e .
 	touch $@
 
-$(BIN)/.installed-test: $(BIN)/.installed
+# The test toolchain with the project, in one install (one compile); it also stands for the plain one.
+$(BIN)/.installed-test: pyproject.toml setup.py $(HOT_PATH)
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
-	touch $@
+	touch $(BIN)/.installed $@
 
 # The whole demo: the controller, then a proxy that follows it (config/edge.yaml, which also starts the
 # demo upstreams), and a small load of sticky users (50 requests a second, for at most an hour) so that

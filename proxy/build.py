@@ -29,6 +29,7 @@ HOT_PATH = (
     "proxy/core/hashing.py",
     "proxy/core/stats.py",
     "proxy/core/health.py",
+    "proxy/core/model.py",
 )
 
 

@@ -10,6 +10,7 @@ Pure: text and documents in, records out. Certificate files are only named here;
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -339,7 +340,7 @@ class Reader:
 
     def limits(self, raw: Any, path: str) -> Limits:
         defaults = Limits()
-        fields = set(Limits.__slots__)
+        fields = {each.name for each in dataclasses.fields(Limits)}
         given = self.mapping(raw, path, fields)
         values: dict[str, Any] = {}
         for key, value in given.items():

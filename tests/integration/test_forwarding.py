@@ -425,7 +425,8 @@ async def test_a_response_head_in_pieces_and_after_interim_responses(proxy, spli
         "head in one read after an interim response in the same read": [whole],
         "head split inside a field name, a value and the blank line": [
             final[:20], final[20:40], final[40:len(final) - 8], final[len(final) - 8:]],
-        "interim and final head split across reads": [whole[:30], whole[30:len(interim) + 20], whole[len(interim) + 20:]],
+        "interim and final head split across reads": [
+            whole[:30], whole[30:len(interim) + 20], whole[len(interim) + 20:]],
     }[split]
     upstream = PiecesUpstream(*pieces)
     worker = await proxy(one_version(await upstream.start()))
