@@ -103,7 +103,7 @@ class Downstream(asyncio.Protocol):
         self.incoming: Exchange | None = None
         self.upgrading: Exchange | None = None
         self.tunnel: UpstreamConnection | None = None
-        self.out: list[bytes] = []
+        self.out: list[bytes | memoryview] = []  # memoryview: a streamed body's part of a read
         self.large = False  # ``out`` holds a piece too big to copy into one joined write
         self.deadline = NEVER
         self.deadline_kind = NONE

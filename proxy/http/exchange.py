@@ -80,6 +80,7 @@ class Exchange:
         "started",
         "stats",
         "status",
+        "stream_length",
         "target",
         "tried",
         "upgrade",
@@ -115,13 +116,14 @@ class Exchange:
         self.sent = 0  # response body bytes passed to the client
         self.log_fields: dict[str, Any] | None = None  # set only when the access log is on
         self.conn: UpstreamConnection | None = None
-        self.pending: list[bytes] = []
+        self.pending: list[bytes | memoryview] = []
         self.pending_bytes = 0
         self.request_done = False
         self.response_started = False
         self.response_complete = False
         self.upstream_until_close = False
         self.framing = NO_BODY
+        self.stream_length = 0  # a Content-Length body's length, which the upstream side may stream
         self.started = False
         self.finished = False
         self.cancelled = False
@@ -394,6 +396,8 @@ class Exchange:
                 out += (b"Content-Length: ", length, CRLF)
         elif length is not None:
             self.framing = LENGTH
+            if not chunked and len(length) > 4:  # only what may reach upstream.STREAM_FROM is converted
+                self.stream_length = int(length)
             out += (b"Content-Length: ", length, CRLF)
         elif self.http11:
             self.framing = CHUNKED
@@ -410,7 +414,7 @@ class Exchange:
         out.append(CRLF)
         self.close_after = self.close_after or close
 
-    def response_body(self, data: bytes) -> None:
+    def response_body(self, data: bytes | memoryview) -> None:
         if self.discarding:
             return
         size = len(data)

@@ -64,7 +64,7 @@ def connection_tokens(value: bytes) -> frozenset[bytes]:
     return tokens
 
 
-def chunk(data: bytes) -> tuple[bytes, bytes, bytes]:
+def chunk(data: bytes | memoryview) -> tuple[bytes, bytes | memoryview, bytes]:
     """One chunk of a chunked body, as pieces for a single joined write."""
     return (b"%x\r\n" % len(data), data, CRLF)
 

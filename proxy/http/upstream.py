@@ -26,8 +26,17 @@ __all__ = ["Pool", "UpstreamConnection"]
 RESPONSE_HEAD_LIMIT: Final = 64 * 1024
 
 
+# A response body with a Content-Length at least this big bypasses the parser: its bytes go from the
+# read to the client as they are (no slice copied out of each read for the body callback).
+STREAM_FROM: Final = 16 * 1024
+
+
 class HeadTooLarge(Exception):
     pass
+
+
+class StreamBody(Exception):
+    """Raised from ``on_headers_complete`` to stop the parser where a large body begins."""
 
 
 class PoolLimits(Protocol):
@@ -133,15 +142,19 @@ class Pool:
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
+        "began",
         "body_after_end",
+        "body_left",
         "deadline",
         "done",
         "exchange",
+        "fresh",
         "head_bytes",
         "headers",
         "parser",
         "pool",
         "read_paused",
+        "reads",
         "reason",
         "reset_parser",
         "reusable",
@@ -156,6 +169,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_bytes = 0
+        self.body_left = 0  # bytes of a streamed body still to come (0: the parser reads)
+        self.reads = 0  # reads parsed so far, and the one the current response began at the start of
+        self.began = -1
+        self.fresh = False  # no response began yet in the read being parsed
         self.reason = b""
         self.done = False
         self.reusable = False
@@ -180,15 +197,27 @@ class UpstreamConnection(asyncio.Protocol):
             return
         exchange.upstream_progress()
         try:
-            self.parser.feed_data(data)
+            if self.body_left:
+                self.stream_body(exchange, data)
+            else:
+                self.reads += 1
+                self.fresh = True
+                self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             exchange.upstream_upgraded(self, data[upgrade.args[0] :])
             return
         except httptools.HttpParserError as exc:
-            self.transport.close()
-            reason = "response head too large" if isinstance(exc.__context__, HeadTooLarge) else str(exc)
-            exchange.fail(502, f"bad response from upstream {self.pool.address}: {reason}")
-            return
+            if isinstance(exc.__context__, StreamBody):
+                # Stopped where the body begins; the head was this read's start (on_headers_complete).
+                self.parser = httptools.HttpResponseParser(self)
+                start = data.find(b"\r\n\r\n") + 4
+                if start < len(data):
+                    self.stream_body(exchange, memoryview(data)[start:])
+            else:
+                self.transport.close()
+                reason = "response head too large" if isinstance(exc.__context__, HeadTooLarge) else str(exc)
+                exchange.fail(502, f"bad response from upstream {self.pool.address}: {reason}")
+                return
         finally:
             exchange.down.flush()
         if self.reset_parser:  # a HEAD response: httptools cannot be told to expect no body
@@ -205,6 +234,16 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 self.transport.close()
             exchange.response_done()
+
+    def stream_body(self, exchange: Exchange, data: bytes | memoryview) -> None:
+        left = self.body_left
+        if len(data) > left:  # bytes after the end of the response: the connection cannot be trusted
+            data = data[:left]
+            self.body_after_end = True
+        self.body_left = left - len(data)
+        exchange.response_body(data)
+        if not self.body_left:
+            self.done = True
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -231,6 +270,8 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.headers = []
         self.head_bytes = 0
+        self.began = self.reads if self.fresh else -1
+        self.fresh = False
 
     def on_status(self, reason: bytes) -> None:
         self.reason = reason
@@ -253,6 +294,11 @@ class UpstreamConnection(asyncio.Protocol):
         if exchange.head_request:
             self.done = True
             self.reset_parser = True
+        elif exchange.stream_length >= STREAM_FROM and self.began == self.reads:
+            # The whole head came at the start of this read, so its end is the first blank line in it
+            # (llhttp refuses bare LF): stop here and stream the body past the parser.
+            self.body_left = exchange.stream_length
+            raise StreamBody
 
     def on_body(self, body: bytes) -> None:
         if self.done:

@@ -392,6 +392,8 @@ class PiecesUpstream:
 
     def __init__(self, *pieces: bytes) -> None:
         self.pieces = pieces
+        self.answer_twice = False  # answer a second request on the same connection too
+        self.connections = 0
         self.server: asyncio.Server | None = None
 
     async def start(self) -> str:
@@ -399,11 +401,16 @@ class PiecesUpstream:
         return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        for piece in self.pieces:
-            writer.write(piece)
-            await writer.drain()
-            await asyncio.sleep(0.02)
+        self.connections += 1
+        for _ in range(2 if self.answer_twice else 1):
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                return
+            for piece in self.pieces:
+                writer.write(piece)
+                await writer.drain()
+                await asyncio.sleep(0.02)
         await reader.read()
 
     async def stop(self) -> None:
@@ -446,4 +453,38 @@ async def test_a_response_head_without_end_is_refused_with_502(proxy) -> None:
     data = await raw_exchange(worker.port, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     status, _, body = parse_response(data)
     assert status == 502 and b"too large" in body
+    await upstream.stop()
+
+
+@pytest.mark.parametrize("pieces", [1, 7], ids=["head and body in one read", "body in seven reads"])
+async def test_a_large_body_streams_past_the_parser_and_the_connection_is_reused(proxy, pieces: int) -> None:
+    """A Content-Length body of 16 KiB or more goes from the upstream's reads to the client without
+    the parser; the connection still goes back to the pool only after exactly that many bytes."""
+    body = bytes(range(256)) * 200  # 51,200 bytes, each position distinct enough to catch a shifted copy
+    reply = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Kept: yes\r\n\r\n" % len(body) + body
+    size = -(-len(reply) // pieces)
+    upstream = PiecesUpstream(*[reply[i : i + size] for i in range(0, len(reply), size)])
+    upstream.answer_twice = True
+    worker = await proxy(one_version(await upstream.start()))
+    reader, writer = await asyncio.open_connection("127.0.0.1", worker.port)
+    for last in (False, True):
+        writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n" + (b"Connection: close\r\n" if last else b"") + b"\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert b"Content-Length: 51200" in head and b"X-Kept: yes" in head
+        assert await asyncio.wait_for(reader.readexactly(len(body)), 5) == body
+    assert upstream.connections == 1  # the second request reused the pooled connection
+    writer.close()
+    await upstream.stop()
+
+
+async def test_bytes_after_a_streamed_body_keep_the_connection_out_of_the_pool(proxy) -> None:
+    body = b"x" * 20000
+    upstream = PiecesUpstream(b"HTTP/1.1 200 OK\r\nContent-Length: 20000\r\n\r\n" + body + b"HTTP/1.1 200 OK\r\n")
+    upstream.answer_twice = True
+    worker = await proxy(one_version(await upstream.start()))
+    for _ in range(2):
+        data = await raw_exchange(worker.port, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        status, _, received = parse_response(data)
+        assert (status, received) == (200, body)
+    assert upstream.connections == 2  # the stray bytes made the first connection untrustworthy
     await upstream.stop()
