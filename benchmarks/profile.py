@@ -21,9 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks import run  # noqa: E402  (the path above makes the sibling importable as a script)
+import run
 
 
 def main() -> int:
