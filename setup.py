@@ -70,7 +70,11 @@ def extensions() -> list[Any]:
         say("mypyc is not available: installing the pure-Python build")
         return []
     say(f"compiling {len(HOT_PATH)} hot-path modules with mypyc")
-    return list(mypycify(HOT_PATH, opt_level="3", group_name="turnout_hotpath"))
+    try:
+        return list(mypycify(HOT_PATH, opt_level="3", group_name="turnout_hotpath"))
+    except (Exception, SystemExit) as exc:  # mypyc exits when its type check fails (its errors are above)
+        say(f"mypyc could not compile ({exc!r}): installing the pure-Python build")
+        return []
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": BuildOrFallBack})
