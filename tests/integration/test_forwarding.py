@@ -386,19 +386,15 @@ async def test_access_log_lines(upstreams, proxy, tmp_path) -> None:
     assert last["time"].endswith("Z")
 
 
-class PiecesUpstream:
+class PiecesUpstream(RawUpstream):
     """Answers each request with ``pieces``, written one by one with a pause between them, so the proxy
     reads the response head in as many reads as there are pieces."""
 
     def __init__(self, *pieces: bytes) -> None:
+        super().__init__(b"")
         self.pieces = pieces
         self.answer_twice = False  # answer a second request on the same connection too
         self.connections = 0
-        self.server: asyncio.Server | None = None
-
-    async def start(self) -> str:
-        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
-        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -412,10 +408,6 @@ class PiecesUpstream:
                 await writer.drain()
                 await asyncio.sleep(0.02)
         await reader.read()
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
 
 
 @pytest.mark.parametrize("split", [
@@ -436,7 +428,7 @@ async def test_a_response_head_in_pieces_and_after_interim_responses(proxy, spli
             whole[:30], whole[30:len(interim) + 20], whole[len(interim) + 20:]],
     }[split]
     upstream = PiecesUpstream(*pieces)
-    worker = await proxy(one_version(await upstream.start()))
+    worker = await proxy(one_version((await upstream.start()).address))
     data = await raw_exchange(worker.port, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
     if split != "head split inside a field name, a value and the blank line":
         assert data.startswith(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
@@ -449,7 +441,7 @@ async def test_a_response_head_in_pieces_and_after_interim_responses(proxy, spli
 
 async def test_a_response_head_without_end_is_refused_with_502(proxy) -> None:
     upstream = PiecesUpstream(b"HTTP/1.1 200 OK\r\n", *[b"X-Filler: " + b"x" * 8000 + b"\r\n"] * 10)
-    worker = await proxy(one_version(await upstream.start()))
+    worker = await proxy(one_version((await upstream.start()).address))
     data = await raw_exchange(worker.port, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     status, _, body = parse_response(data)
     assert status == 502 and b"too large" in body
@@ -465,7 +457,7 @@ async def test_a_large_body_streams_past_the_parser_and_the_connection_is_reused
     size = -(-len(reply) // pieces)
     upstream = PiecesUpstream(*[reply[i : i + size] for i in range(0, len(reply), size)])
     upstream.answer_twice = True
-    worker = await proxy(one_version(await upstream.start()))
+    worker = await proxy(one_version((await upstream.start()).address))
     reader, writer = await asyncio.open_connection("127.0.0.1", worker.port)
     for last in (False, True):
         writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n" + (b"Connection: close\r\n" if last else b"") + b"\r\n")
@@ -481,7 +473,7 @@ async def test_bytes_after_a_streamed_body_keep_the_connection_out_of_the_pool(p
     body = b"x" * 20000
     upstream = PiecesUpstream(b"HTTP/1.1 200 OK\r\nContent-Length: 20000\r\n\r\n" + body + b"HTTP/1.1 200 OK\r\n")
     upstream.answer_twice = True
-    worker = await proxy(one_version(await upstream.start()))
+    worker = await proxy(one_version((await upstream.start()).address))
     for _ in range(2):
         data = await raw_exchange(worker.port, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
         status, _, received = parse_response(data)
