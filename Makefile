@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # `make run` installs what Turnout needs to run; `make test` adds the test toolchain. The install compiles
 # the hot path with mypyc (setup.py; pure Python where no C compiler exists) into extensions beside the
 # sources, so it is redone whenever one of those sources changes (proxy/build.py lists them).
-HOT_PATH := $(shell sed -n 's/^    "\(proxy\/.*\.py\)",$$/\1/p' proxy/build.py)
+HOT_PATH := $(shell sed -n 's/^    "\([a-z]*\/.*\.py\)",$$/\1/p' proxy/build.py)
 $(BIN)/.installed: pyproject.toml setup.py $(HOT_PATH)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e .
@@ -33,7 +33,7 @@ run: $(BIN)/.installed
 	wait -n $$controller $$proxy; kill -TERM $$controller $$proxy $$load 2>/dev/null; wait
 
 lint: $(BIN)/.installed-test
-	$(BIN)/ruff check setup.py proxy controller tests benchmarks
+	$(BIN)/ruff check setup.py turnout proxy controller tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
@@ -64,7 +64,7 @@ HOT_TESTS := tests/e2e/test_build.py tests/unit/test_downstream.py tests/unit/te
 	tests/integration/test_health.py tests/integration/test_lifecycle.py
 test: lint servers
 	TURNOUT_EXPECT_BUILD=compiled $(BIN)/pytest -q
-	rm -rf $(PURE) && mkdir -p $(PURE) && cp -r pyproject.toml setup.py proxy controller tests config $(PURE)/
+	rm -rf $(PURE) && mkdir -p $(PURE) && cp -r pyproject.toml setup.py turnout proxy controller tests config $(PURE)/
 	find $(PURE) \( -name '*.so' -o -name __pycache__ \) -prune -exec rm -rf {} +
 	cd $(PURE) && TURNOUT_EXPECT_BUILD=pure $(CURDIR)/$(BIN)/pytest -q -p no:cacheprovider $(HOT_TESTS)
 
@@ -73,4 +73,4 @@ bench: $(BIN)/.installed
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.so
-	find proxy -name '*.so' -delete
+	find turnout proxy -name '*.so' -delete

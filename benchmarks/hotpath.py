@@ -16,10 +16,10 @@ import pstats
 import time
 from typing import Any
 
-from proxy.core import reader
 from proxy.http.downstream import Downstream
 from proxy.http.upstream import UpstreamConnection
 from proxy.worker import Worker
+from turnout.core import reader
 
 CONFIG = """
 listen: 127.0.0.1:0

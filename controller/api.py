@@ -5,7 +5,7 @@ Every route needs ``Authorization: Bearer <token>`` (constant time), the watch e
 requests with an ``Origin`` header are refused. Errors are JSON ``{"error", "field"}``.
 
     GET  /v1/state                 the fleet's routing state (ETag: the generation), with the proxies
-    the change routes of ``proxy.core.changes`` (weights, rules, versions, flags; ?dry_run=true)
+    the change routes of ``turnout.api.changes`` (weights, rules, versions, flags; ?dry_run=true)
     POST /v1/rollback | /v1/reset | /v1/reload,  GET /v1/generations, /v1/generations/{a}/diff/{b}
     POST /v1/explain               how a request would be routed by the current generation
     GET  /v1/proxies               id, address, generation, lag, live, last seen, refusals
@@ -35,11 +35,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from controller.engine.rollout import Command
-from proxy.core import changes, explain, routing, tokens, wire
-from proxy.core.history import Entry
-from proxy.core.overlay import ChangeError
-from proxy.core.views import describe, describe_flags
-from proxy.core.writer import Writer
+from turnout.api import changes, tokens
+from turnout.api.views import describe, describe_flags
+from turnout.core import explain, routing, wire
+from turnout.core.desired import Entry
+from turnout.core.overlay import ChangeError
+from turnout.core.writer import Writer
 
 from .deploys import Deploys
 from .openapi import COMMANDS, DEPLOY_START, DOCUMENT, ROLLOUT_START

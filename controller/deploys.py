@@ -39,7 +39,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from proxy.core.overlay import ChangeError
+from turnout.core.overlay import ChangeError
 
 from .rollouts import Book
 

@@ -1,5 +1,5 @@
 """The controller API's OpenAPI 3 document: the routing changes of a proxy's admin API (the same
-schemas, from ``proxy.core.openapi``) plus the watch and the fleet list. Served at
+schemas, from ``turnout.api.openapi``) plus the watch and the fleet list. Served at
 ``GET /v1/openapi.json``; the test suite fuzzes every operation from it."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from proxy.core.openapi import DOCUMENT as PROXY_DOCUMENT
+from turnout.api.openapi import DOCUMENT as PROXY_DOCUMENT
 
 __all__ = ["DOCUMENT"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.core.wire import Poll
+from turnout.core.wire import Poll
 
 __all__ = ["LIVE_FOR", "Proxies", "Seen"]
 

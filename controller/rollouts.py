@@ -34,11 +34,11 @@ from controller.engine.counts import sample_of
 from controller.engine.rollout import Command, Observation, Phase, Rollout, RolloutError
 from controller.engine.route import PPM, Route, rules_for, stable_of
 from controller.engine.spec import Analysis, Pause, compile_spec, step_text
-from proxy.core import overlay
-from proxy.core.model import ConfigError
-from proxy.core.overlay import ChangeError, Overlay
-from proxy.core.reader import Reader
-from proxy.core.writer import Writer
+from turnout.core import overlay
+from turnout.core.model import ConfigError
+from turnout.core.overlay import ChangeError, Overlay
+from turnout.core.reader import Reader
+from turnout.core.writer import Writer
 
 from . import sources
 from .proxies import LIVE_FOR, Proxies

@@ -16,11 +16,11 @@ from typing import Any
 import uvloop
 from aiohttp import web
 
-from proxy.core import tokens
-from proxy.core.model import Config, ConfigError
-from proxy.core.overlay import ChangeError
-from proxy.core.writer import Writer
-from proxy.providers import containers
+from turnout.api import tokens
+from turnout.core.model import Config, ConfigError
+from turnout.core.overlay import ChangeError
+from turnout.core.writer import Writer
+from turnout.providers import containers
 
 from . import config as config_module
 from .api import Fleet, make_app

@@ -2,7 +2,7 @@
 
 The lock is an ``flock`` on ``<state file>.lock``, taken for the life of the process and released by
 the kernel when it dies (``kill -9`` included), so a restart never finds a stale lock. The state
-itself is written atomically by ``proxy.core.statefile`` (temp, fsync, rename, fsync dir).
+itself is written atomically by ``turnout.io.statefile`` (temp, fsync, rename, fsync dir).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from proxy.core import statefile
+from turnout.io import statefile
 
 __all__ = ["Locked", "Store"]
 

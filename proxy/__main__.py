@@ -1,5 +1,5 @@
 import sys
 
-from .cli import proxy_main
+from .main import main
 
-sys.exit(proxy_main())
+sys.exit(main())

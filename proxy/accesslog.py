@@ -14,7 +14,7 @@ import os
 import time
 from typing import Any
 
-from .core.model import AccessLog
+from turnout.core.model import AccessLog
 
 __all__ = ["AccessLogWriter"]
 

@@ -37,14 +37,16 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from turnout.api import changes, openapi, tokens
+from turnout.api.views import describe, describe_flags
+from turnout.core import explain
+from turnout.core.desired import Entry
+from turnout.core.model import Admin, ConfigError
+from turnout.core.overlay import ChangeError
+from turnout.core.routing import RoutingState
+
 from . import metrics
 from .control import Control
-from .core import changes, explain, openapi, tokens
-from .core.history import Entry
-from .core.model import Admin, ConfigError
-from .core.overlay import ChangeError
-from .core.routing import RoutingState
-from .core.views import describe, describe_flags
 
 __all__ = ["AdminBackend", "load_token", "make_app"]
 
@@ -55,7 +57,7 @@ CONVERGE_TIMEOUT = 10.0  # how long a change waits for every worker to serve it
 
 class AdminBackend(Protocol):
     """What the admin API reads: one worker in this process (``Worker``) or a supervisor's workers
-    (``Fleet``)."""
+    (``Supervisor``)."""
 
     def routing_state(self) -> RoutingState: ...
 

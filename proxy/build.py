@@ -24,12 +24,12 @@ HOT_PATH = (
     "proxy/http/exchange.py",
     "proxy/http/upstream.py",
     "proxy/http/downstream.py",
-    "proxy/core/routing.py",
-    "proxy/core/match.py",
-    "proxy/core/hashing.py",
-    "proxy/core/stats.py",
-    "proxy/core/health.py",
-    "proxy/core/model.py",
+    "turnout/core/routing.py",
+    "turnout/core/match.py",
+    "turnout/core/hashing.py",
+    "turnout/core/stats.py",
+    "turnout/core/health.py",
+    "turnout/core/model.py",
 )
 
 

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import socket
 
-from .core import wire
+from turnout.core import wire
 
 __all__ = ["Channel"]
 

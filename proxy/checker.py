@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from .core.health import Health
-from .core.model import HealthCheck
+from turnout.core.health import Health
+from turnout.core.model import HealthCheck
 
 __all__ = ["Checker", "Probe"]
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from turnout.api import tokens
+from turnout.core.model import Config, ConfigError
+from turnout.core.reader import parse
+
 from . import tls
-from .core import tokens
-from .core.model import Config, ConfigError
-from .core.reader import parse
 
 __all__ = ["check_tokens", "load"]
 

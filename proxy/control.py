@@ -11,12 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from turnout.core.model import Config, ConfigError
+from turnout.core.reader import from_document, read_document
+from turnout.core.wire import Snapshot
+from turnout.core.writer import Writer
+from turnout.io import statefile
+
 from . import tls
-from .core import statefile
-from .core.model import Config, ConfigError
-from .core.reader import from_document, read_document
-from .core.wire import Snapshot
-from .core.writer import Writer
 
 __all__ = ["Control"]
 

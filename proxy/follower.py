@@ -22,9 +22,11 @@ from typing import Any
 
 import aiohttp
 
-from .core import statefile, tokens, wire
-from .core.model import Config, ConfigError, Managed
-from .core.reader import from_document, read_document
+from turnout.api import tokens
+from turnout.core import wire
+from turnout.core.model import Config, ConfigError, Managed
+from turnout.core.reader import from_document, read_document
+from turnout.io import statefile
 
 __all__ = ["Follower", "controller_token", "merged"]
 

@@ -13,7 +13,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from .core.stats import LATENCY_BOUNDS, STATUS_CLASSES
+from turnout.core.stats import LATENCY_BOUNDS, STATUS_CLASSES
 
 __all__ = ["render"]
 

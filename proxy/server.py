@@ -2,7 +2,7 @@
 
 With one worker, the process serves directly and the admin API acts on it. With ``--workers N`` this
 process becomes a supervisor: it opens the sockets, starts N worker processes that accept on them
-(``fleet``), serves the admin API for all of them, and stays out of the data path.
+(``supervisor``), serves the admin API for all of them, and stays out of the data path.
 
 Signals, for both modes:
 - SIGHUP: re-read the config file (with the admin overlay on top); a bad file is refused with one log
@@ -26,15 +26,16 @@ from typing import Any
 import uvloop
 from aiohttp import web
 
+from turnout.core import wire
+from turnout.core.model import Config, ConfigError
+from turnout.core.overlay import ChangeError
+from turnout.core.reader import from_document, read_document
+from turnout.providers import containers
+
 from . import admin, build
 from .control import Control
-from .core import wire
-from .core.model import Config, ConfigError
-from .core.overlay import ChangeError
-from .core.reader import from_document, read_document
-from .fleet import Fleet
 from .follower import Follower, controller_token
-from .providers import containers
+from .supervisor import Supervisor
 from .worker import Worker, listen_socket
 
 __all__ = ["serve"]
@@ -201,25 +202,25 @@ async def _start_admin(backend: admin.AdminBackend, config: Config, token: str,
 async def _supervise(config: Config, snapshot: wire.Snapshot, origin: Control | Follower,
                      sockets: dict[str, socket.socket], count: int, token: str | None) -> None:
     """Start ``count`` worker processes on the shared sockets and stay out of the data path: a receiver
-    that fans out to its workers; reload on SIGHUP, serve the admin API for the whole fleet, and drain
+    that fans out to its workers; reload on SIGHUP, serve the admin API for all its workers, and drain
     every worker on SIGTERM."""
-    fleet = Fleet(sockets, count)
-    fleet.apply(config, snapshot)
+    supervisor = Supervisor(sockets, count)
+    supervisor.apply(config, snapshot)
 
     async def receive(next_config: Config, next_snapshot: wire.Snapshot) -> tuple[int, str | None]:
-        fleet.apply(next_config, next_snapshot)
-        workers = await fleet.converge(next_snapshot.generation, 10.0)
+        supervisor.apply(next_config, next_snapshot)
+        workers = await supervisor.converge(next_snapshot.generation, 10.0)
         refused = next((w["refused"] for w in workers if "refused" in w), None)
         return min((w["generation"] for w in workers), default=next_snapshot.generation), refused
 
-    following = _connect(origin, receive, fleet.apply, fleet.collect)
-    await fleet.start()
-    admin_runner = await _start_admin(fleet, config, token, origin) if token is not None else None
+    following = _connect(origin, receive, supervisor.apply, supervisor.collect)
+    await supervisor.start()
+    admin_runner = await _start_admin(supervisor, config, token, origin) if token is not None else None
     await _until_stopped(origin, f" sent to {count} workers", config)
     if following is not None:
         following.cancel()
-    log.info("shutting down: draining %d workers", len(fleet.members))
-    await fleet.stop()
+    log.info("shutting down: draining %d workers", len(supervisor.members))
+    await supervisor.stop()
     for sock in sockets.values():
         sock.close()
     if admin_runner is not None:

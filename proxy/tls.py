@@ -14,7 +14,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 
-from .core.model import Certificate, Config, ConfigError, ServerTls, UpstreamTls
+from turnout.core.model import Certificate, Config, ConfigError, ServerTls, UpstreamTls
 
 __all__ = ["CertificateSet", "Terminator", "TlsMaterial", "UpstreamTlsContext", "build", "check", "client_context"]
 

@@ -18,15 +18,16 @@ import socket
 from collections.abc import Coroutine
 from typing import Any
 
+from turnout.core import buckets, routing, wire
+from turnout.core.health import Health, RetryBudget
+from turnout.core.model import Config, ConfigError, Listener
+from turnout.core.reader import from_document
+from turnout.core.routing import Target
+from turnout.core.stats import VersionStats, WorkerStats
+
 from . import tls
 from .accesslog import AccessLogWriter
 from .checker import Checker, Probe
-from .core import buckets, routing, wire
-from .core.health import Health, RetryBudget
-from .core.model import Config, ConfigError, Listener
-from .core.reader import from_document
-from .core.routing import Target
-from .core.stats import VersionStats, WorkerStats
 from .http.context import ServingContext
 from .http.downstream import Downstream
 from .http.upstream import Pool

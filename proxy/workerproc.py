@@ -15,9 +15,11 @@ from typing import Any
 
 import uvloop
 
+from turnout.core import wire
+from turnout.core.reader import from_document
+from turnout.io import logs
+
 from .channel import Channel
-from .core import logs, wire
-from .core.reader import from_document
 from .worker import Worker
 
 log = logging.getLogger("turnout")

@@ -20,8 +20,8 @@ import uvloop
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 
-from proxy.core import reader
 from proxy.worker import Worker
+from turnout.core import reader
 
 from .helpers import config_text
 

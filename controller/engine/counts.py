@@ -1,7 +1,7 @@
 """Request counts as the proxies report them, and windows over them.
 
 Every managed proxy reports, with each poll, its workers' cumulative counters per (service, version)
-(``proxy.core.stats``): responses by status class (index 0: aborted without a status), the latency
+(``turnout.core.stats``): responses by status class (index 0: aborted without a status), the latency
 histogram over ``LATENCY_BOUNDS`` and the latency sum. A ``Sample`` is one reading of them for one
 service, keyed by (source, version) where the source is one worker of one proxy ("edge-1/4711"), so
 that a window is the sum of per-source differences: a worker whose counters went down (it restarted
@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.core.stats import LATENCY_BOUNDS
+from turnout.core.stats import LATENCY_BOUNDS
 
 __all__ = ["EMPTY", "Counts", "Sample", "quantile", "sample_of", "window"]
 

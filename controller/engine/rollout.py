@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from proxy.core.reader import Reader
+from turnout.core.reader import Reader
 
 from .analysis import Measurement, Metric, Run, Verdict, start_run, tick, verdict
 from .counts import Sample

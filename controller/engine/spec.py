@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from proxy.core.reader import Reader
+from turnout.core.reader import Reader
 
 from .analysis import ConditionError, Metric, parse_condition
 from .route import COHORT_PREFIX, PPM

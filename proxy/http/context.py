@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 from mypy_extensions import mypyc_attr
 
 if TYPE_CHECKING:
-    from ..core.health import Health, RetryBudget
-    from ..core.model import Limits
-    from ..core.routing import RoutingState, Target, VersionRoute
-    from ..core.stats import VersionStats, WorkerStats
+    from turnout.core.health import Health, RetryBudget
+    from turnout.core.model import Limits
+    from turnout.core.routing import RoutingState, Target, VersionRoute
+    from turnout.core.stats import VersionStats, WorkerStats
+
     from .downstream import Downstream
     from .upstream import Pool
 

@@ -22,14 +22,16 @@ from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
-from ..core.match import Request
-from ..core.routing import normalise_host
+from turnout.core.match import Request
+from turnout.core.routing import normalise_host
+
 from .exchange import PENDING_LIMIT, Exchange
 from .head import end_to_end, read_fields, request_target, sticky_cookie, upstream_head
 from .http1 import Reject, local_response
 
 if TYPE_CHECKING:
-    from ..core.stats import VersionStats
+    from turnout.core.stats import VersionStats
+
     from .context import ListenerView, ServingContext
     from .upstream import UpstreamConnection
 

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any, Final
 from .http1 import CRLF, HOP_BY_HOP, LAST_CHUNK, PLAIN_TOKENS, chunk, connection_tokens, local_response, status_line
 
 if TYPE_CHECKING:
-    from ..core.routing import Target, VersionRoute
-    from ..core.stats import VersionStats
+    from turnout.core.routing import Target, VersionRoute
+    from turnout.core.stats import VersionStats
+
     from .downstream import Downstream
     from .upstream import Pool, UpstreamConnection
 

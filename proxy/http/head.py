@@ -22,7 +22,8 @@ from __future__ import annotations
 from collections.abc import Set as AbstractSet
 from typing import Final
 
-from ..core.model import Sticky
+from turnout.core.model import Sticky
+
 from .http1 import HOP_BY_HOP, PLAIN_TOKENS, Reject, connection_tokens
 
 __all__ = ["Fields", "end_to_end", "read_fields", "request_target", "sticky_cookie", "upstream_head"]

@@ -16,7 +16,7 @@ from ..integration.test_admin_changes import config_text, versions, wait_admin
 
 
 def turnout(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "proxy.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "turnout", *args], capture_output=True, text=True,
                           timeout=30, env={**os.environ, **env})
 
 
@@ -214,7 +214,7 @@ async def test_rollout_commands_and_watch_as_plain_lines(upstreams, tmp_path: Pa
             refused.stderr
 
         # watch, piped: one plain line per change, exit 0 once Succeeded.
-        watcher = subprocess.Popen([sys.executable, "-m", "proxy.cli", "rollout", "watch", "shop", "--token-file",
+        watcher = subprocess.Popen([sys.executable, "-m", "turnout", "rollout", "watch", "shop", "--token-file",
                                     token_file], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                    env={**os.environ, **env})
         await asyncio.sleep(1)
@@ -250,7 +250,7 @@ async def test_operator_basics_version_json_anywhere_curl_headers_endpoints_and_
     elsewhere = {"HOME": str(tmp_path)}  # run from another directory, found through the config file only
 
     def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "proxy.cli", *args], capture_output=True, text=True, timeout=30,
+        return subprocess.run([sys.executable, "-m", "turnout", *args], capture_output=True, text=True, timeout=30,
                               env={**os.environ, **env}, cwd="/")
 
     version = await asyncio.to_thread(run, "--version")

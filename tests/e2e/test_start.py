@@ -25,7 +25,7 @@ def test_check_refuses_what_the_proxy_refuses(tmp_path: Path) -> None:
     path = tmp_path / "turnout.yaml"
     path.write_text("admin: {listen: 127.0.0.1:0, token_env: TURNOUT_TEST_UNSET_TOKEN}\n" + BASE)
     env = {k: v for k, v in os.environ.items() if k != "TURNOUT_TEST_UNSET_TOKEN"}
-    checked = subprocess.run([sys.executable, "-m", "proxy.cli", "check", "--config", str(path)], capture_output=True,
+    checked = subprocess.run([sys.executable, "-m", "turnout", "check", "--config", str(path)], capture_output=True,
                              text=True, timeout=30, env=env)
     started = subprocess.run([sys.executable, "-m", "proxy", "--config", str(path)], capture_output=True, text=True,
                              timeout=30, env=env)
@@ -33,7 +33,7 @@ def test_check_refuses_what_the_proxy_refuses(tmp_path: Path) -> None:
     assert checked.returncode == started.returncode == 2
     assert checked.stderr.strip() == started.stderr.strip() == expected
     assert not list(tmp_path.glob("*.token"))  # check created nothing
-    ok = subprocess.run([sys.executable, "-m", "proxy.cli", "check", "--config", str(path)], capture_output=True,
+    ok = subprocess.run([sys.executable, "-m", "turnout", "check", "--config", str(path)], capture_output=True,
                         text=True, timeout=30, env={**env, "TURNOUT_TEST_UNSET_TOKEN": "s3cret"})
     assert ok.returncode == 0 and "ok" in ok.stdout
 

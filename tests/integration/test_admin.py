@@ -17,9 +17,9 @@ from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy import admin
-from proxy.core.model import ConfigError
-from proxy.core.reader import parse
 from proxy.worker import Worker
+from turnout.core.model import ConfigError
+from turnout.core.reader import parse
 
 from ..helpers import RawUpstream, service
 

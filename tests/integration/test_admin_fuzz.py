@@ -11,7 +11,7 @@ import schemathesis
 import yaml
 from hypothesis import HealthCheck, settings
 
-from proxy.core.openapi import DOCUMENT
+from turnout.api.openapi import DOCUMENT
 
 from ..conftest import ProxyProcess
 

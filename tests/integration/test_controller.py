@@ -19,8 +19,8 @@ import aiohttp
 import pytest
 import yaml
 
-from proxy.core import buckets, routing, wire
-from proxy.core.reader import from_document
+from turnout.core import buckets, routing, wire
+from turnout.core.reader import from_document
 
 ROOT = Path(__file__).resolve().parents[2]
 

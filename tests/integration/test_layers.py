@@ -74,7 +74,7 @@ async def test_admin_changes_build_on_the_loaded_file_and_a_reload_must_be_valid
         assert await reload(process, admin, session) == 3
         assert "reload refused, still serving generation 3" in process.output()
         assert "services.shop.rules[0].split.canry: unknown version 'canry'" in process.output()
-        check = subprocess.run([sys.executable, "-m", "proxy.cli", "check", "--config", str(path)],
+        check = subprocess.run([sys.executable, "-m", "turnout", "check", "--config", str(path)],
                                capture_output=True, text=True, cwd=ROOT)
         assert check.returncode == 2 and "canry" in check.stderr  # `turnout check` says the same
         status, body = await admin.call(session, "POST", "/v1/reload")

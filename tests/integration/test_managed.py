@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 import yaml
 
-from proxy.core import wire
+from turnout.core import wire
 
 from ..conftest import ProxyProcess
 from ..helpers import picks

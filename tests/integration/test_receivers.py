@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from proxy.channel import Channel
-from proxy.core import buckets, routing, wire
-from proxy.core.hashing import Bucketer
-from proxy.core.reader import from_document
 from proxy.worker import Worker
+from turnout.core import buckets, routing, wire
+from turnout.core.hashing import Bucketer
+from turnout.core.reader import from_document
 
 from ..helpers import picks, service
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from proxy.core.buckets import rebalance_table
-from proxy.core.hashing import Bucketer
+from turnout.core.buckets import rebalance_table
+from turnout.core.hashing import Bucketer
 
 from .test_admin_changes import Admin, wait_admin
 

@@ -18,7 +18,7 @@ from controller.engine.analysis import (
     verdict,
 )
 from controller.engine.counts import Counts, quantile, sample_of, window
-from proxy.core.stats import LATENCY_BOUNDS
+from turnout.core.stats import LATENCY_BOUNDS
 
 
 def counts(answered: int, errors: int = 0, aborted: int = 0, latency_bucket: int = 3) -> Counts:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.core.buckets import (
+from turnout.core.buckets import (
     BUCKETS,
     Table,
     TableError,
@@ -24,7 +24,7 @@ from proxy.core.buckets import (
     target_counts,
     transfers,
 )
-from proxy.core.hashing import Bucketer, permutation
+from turnout.core.hashing import Bucketer, permutation
 
 NAMES = ["v1", "v2", "v3", "v4", "v5"]
 
@@ -128,8 +128,8 @@ def test_one_bucket_is_a_hundredth_of_a_percent() -> None:
 
 SCRIPT = """
 import hashlib
-from proxy.core.buckets import rebalance
-from proxy.core.hashing import Bucketer, permutation
+from turnout.core.buckets import rebalance
+from turnout.core.hashing import Bucketer, permutation
 t = rebalance(None, {"v1": 70, "v2": 20, "v3": 10})
 t = rebalance(t, {"v1": 50, "v2": 30, "v3": 20})
 b = Bucketer("shop")

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from proxy.core import changes
-from proxy.core.overlay import FLAGS, ChangeError
+from turnout.api import changes
+from turnout.core.overlay import FLAGS, ChangeError
 
 
 @pytest.mark.parametrize("text", [

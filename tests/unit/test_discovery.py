@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from proxy.core import overlay
-from proxy.core.discovery import Container, Discovered, merge, translate
-from proxy.core.model import Config
-from proxy.core.reader import from_document
-from proxy.core.writer import Writer
+from turnout.core import overlay
+from turnout.core.discovery import Container, Discovered, merge, translate
+from turnout.core.model import Config
+from turnout.core.reader import from_document
+from turnout.core.writer import Writer
 
 SHOP = {"turnout.service": "shop", "turnout.version": "v2", "turnout.port": "8080"}
 

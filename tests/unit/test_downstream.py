@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from proxy.core import reader
 from proxy.http.downstream import Downstream
 from proxy.http.upstream import UpstreamConnection
 from proxy.worker import Worker
+from turnout.core import reader
 
 CONFIG = """
 listen: 127.0.0.1:0

@@ -6,12 +6,12 @@ from collections import Counter
 
 import pytest
 
-from proxy.core import buckets
-from proxy.core.flags import FlagSet, per_flag
-from proxy.core.match import Request
-from proxy.core.model import ConfigError
-from proxy.core.reader import parse
-from proxy.core.routing import build
+from turnout.core import buckets
+from turnout.core.flags import FlagSet, per_flag
+from turnout.core.match import Request
+from turnout.core.model import ConfigError
+from turnout.core.reader import parse
+from turnout.core.routing import build
 
 SERVICE = "services: {s: {versions: {v1: []}, version: v1}}\n"
 

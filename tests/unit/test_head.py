@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.core.model import Sticky
 from proxy.http.head import Fields, end_to_end, read_fields, request_target, sticky_cookie, upstream_head
 from proxy.http.http1 import Reject
+from turnout.core.model import Sticky
 
 H = list[tuple[bytes, bytes]]
 

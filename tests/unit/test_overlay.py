@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from proxy.core import overlay
-from proxy.core.overlay import FLAGS, ChangeError
+from turnout.core import overlay
+from turnout.core.overlay import FLAGS, ChangeError
 
 FILE: dict[str, Any] = {
     "listen": ":1",

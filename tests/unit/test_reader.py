@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from proxy.config import load
-from proxy.core.model import ConfigError
-from proxy.core.reader import parse
+from turnout.core.model import ConfigError
+from turnout.core.reader import parse
 
 BASE = """
 services:
@@ -137,7 +137,7 @@ def test_a_listen_address_without_host_means_every_interface() -> None:
 
 
 def test_regexes_run_on_re2_and_patterns_it_cannot_run_are_refused() -> None:
-    from proxy.core.regex import compile_pattern
+    from turnout.core.regex import compile_pattern
 
     # Exponential for a backtracking engine (Python's re would not finish this before the test timeout).
     assert compile_pattern("(a+)+$").fullmatch("a" * 60 + "!") is None

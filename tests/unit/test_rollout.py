@@ -29,9 +29,9 @@ from controller.engine.rollout import (
 )
 from controller.engine.route import PPM, Route
 from controller.engine.spec import SetWeight, Spec, compile_spec
-from proxy.core.model import ConfigError
-from proxy.core.reader import Reader
-from proxy.core.stats import LATENCY_BOUNDS
+from turnout.core.model import ConfigError
+from turnout.core.reader import Reader
+from turnout.core.stats import LATENCY_BOUNDS
 
 TEMPLATES = {"errors": {"metrics": [{"name": "success", "condition": "success_rate >= 0.99", "interval": "10s",
                                      "count": 2, "minRequests": 50}]}}

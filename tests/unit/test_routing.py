@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
-from proxy.core import reader, routing
-from proxy.core.match import Request
-from proxy.core.routing import normalise_host
+from turnout.core import reader, routing
+from turnout.core.match import Request
+from turnout.core.routing import normalise_host
 
 
 def build(text: str) -> routing.RoutingState:

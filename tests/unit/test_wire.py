@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from proxy.core import routing, wire
-from proxy.core.reader import from_document
+from turnout.core import routing, wire
+from turnout.core.reader import from_document
 
 from ..integration.test_receivers import document
 

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 from . import buckets, overlay, routing
+from .desired import Desired, Entry
 from .discovery import Discovered
-from .history import Desired, Entry
 from .model import Config, ConfigError
 from .overlay import ChangeError, Overlay
 from .wire import Snapshot

@@ -17,12 +17,13 @@ from typing import Any
 
 from jsonschema import Draft7Validator
 
-from . import explain, overlay
-from .history import Entry
-from .match import Request
+from turnout.core import explain, overlay
+from turnout.core.desired import Entry
+from turnout.core.match import Request
+from turnout.core.overlay import ChangeError, Overlay
+from turnout.core.writer import Writer
+
 from .openapi import validator
-from .overlay import ChangeError, Overlay
-from .writer import Writer
 
 __all__ = ["CHANGES", "ROUTES", "Answer", "Call", "Change", "Route", "call", "explain_request", "if_match",
            "parse_body", "reset_request", "strict_json"]

@@ -27,13 +27,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from turnout.core import routing, wire
+from turnout.core.model import Config
+from turnout.core.routing import RoutingState
+
 from .channel import Channel
-from .core import routing, wire
-from .core.model import Config
-from .core.routing import RoutingState
 from .worker import worker_status
 
-__all__ = ["Fleet"]
+__all__ = ["Supervisor"]
 
 log = logging.getLogger("turnout")
 
@@ -50,7 +51,7 @@ class _Member:
     waiting: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
 
 
-class Fleet:
+class Supervisor:
     """The workers of one supervisor; implements what the admin API reads (``admin.AdminBackend``)."""
 
     def __init__(self, sockets: dict[str, socket.socket], count: int) -> None:

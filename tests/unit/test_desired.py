@@ -1,4 +1,4 @@
-"""The writer's desired state (``core.history``): generations numbered and planned once, since when
+"""The writer's desired state (``turnout.core.desired``): generations numbered and planned once, since when
 each override holds, exact rollback, and a state-file round trip. No I/O, time passed in."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from proxy.core import overlay, routing
-from proxy.core.history import HISTORY, Desired
-from proxy.core.reader import from_document
+from turnout.core import overlay, routing
+from turnout.core.desired import HISTORY, Desired
+from turnout.core.reader import from_document
 
 FILE: dict[str, Any] = {"listen": "127.0.0.1:0", "services": {"shop": {
     "versions": {"v1": ["127.0.0.1:1"], "v2": ["127.0.0.1:2"]}, "split": {"v1": 9, "v2": 1},
@@ -58,7 +58,7 @@ def test_history_is_bounded_and_survives_the_state_file() -> None:
 
 
 def test_state_file_round_trip_and_cleanup_of_unfinished_writes(tmp_path: Path) -> None:
-    from proxy.core import statefile
+    from turnout.io import statefile
 
     path = tmp_path / "x.state.json"
     assert statefile.read(path) is None

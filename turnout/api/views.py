@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from .model import Condition, Match, Sticky
-from .routing import RoutingState
+from turnout.core.model import Condition, Match, Sticky
+from turnout.core.routing import RoutingState
 
 __all__ = ["describe", "describe_flags"]
 

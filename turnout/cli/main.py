@@ -18,7 +18,7 @@
     turnout flags set KEY on=20 off=80                      change a flag's percentage rollout
     turnout flags set KEY --file FLAG.json                  create or replace a flag
     turnout flags enable|disable|kill KEY                   switch a flag (kill: off for everyone, now)
-    turnout rollout start|status|watch|list|history|pause|resume|promote|abort|retry|undo   (rolloutcli)
+    turnout rollout start|status|watch|list|history|pause|resume|promote|abort|retry|undo   (cli/rollouts.py)
     turnout deploy SERVICE --image IMG:TAG --version V [--replicas N] [--strategy canary|blueGreen] [--pull]
 
 The client commands talk to the controller (``--controller URL`` or TURNOUT_CONTROLLER_URL) or to a
@@ -32,36 +32,48 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from . import config as config_module
-from . import rolloutcli
+from proxy import config as config_module
+from turnout.core.model import ConfigError
+
+from . import rollouts
 from .client import AdminClient, ClientError, resolve
-from .core import logs
-from .core.model import ConfigError
 
 __all__ = ["main"]
 
 DEFAULT_CONFIG = "config/turnout.yaml"
 
 
+def _proxy_main() -> Callable[[list[str]], int]:
+    from proxy.main import main as proxy_main  # imported when used: client commands need neither server
+
+    return proxy_main
+
+
+def _controller_main() -> Callable[[list[str]], int]:
+    from controller.main import main as controller_main
+
+    return controller_main
+
+
+SERVERS: dict[str, Callable[[], Callable[[list[str]], int]]] = {"proxy": _proxy_main, "controller": _controller_main}
+
+
 def main(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else argv
-    if given[:1] == ["controller"]:
-        # A separate program: the proxy never imports the controller (they share only proxy.core).
-        os.execv(sys.executable, [sys.executable, "-m", "controller", *given[1:]])
+    if given[:1] and given[0] in SERVERS:
+        # Either server starts the same way: its own entry point parses the rest of the arguments.
+        return SERVERS[given[0]]()(given[1:])
     parser = argparse.ArgumentParser(prog="turnout", description="Traffic-splitting reverse proxy.")
     parser.add_argument("--version", action="version", version=f"turnout {_version()}")
     parser.add_argument("--json", action="store_true", dest="json_first", help="print the API's JSON answer")
     sub = parser.add_subparsers(dest="command", required=True)
-    proxy = sub.add_parser("proxy", help="run the proxy")
-    proxy.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
-    proxy.add_argument("--workers", type=int, default=1, help="worker processes sharing the port")
-    proxy.add_argument("--log-level", choices=logs.LEVELS, help="default $TURNOUT_LOG_LEVEL or info")
-    proxy.add_argument("--log-format", choices=logs.FORMATS, help="text (default $TURNOUT_LOG_FORMAT or text) or "
-                       "json: one JSON object per line")
+    # Listed for --help; main() hands their arguments to the server's own parser before parsing here.
+    sub.add_parser("proxy", help="run the proxy (turnout proxy --help)", add_help=False)
+    sub.add_parser("controller", help="run the release controller (turnout controller --help)", add_help=False)
     check = sub.add_parser("check", help="validate a config file")
     check.add_argument("--config", default=DEFAULT_CONFIG)
 
@@ -114,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     flags.add_argument("key", nargs="?")
     flags.add_argument("rollout", nargs="*", metavar="VARIANT=PERCENT")
     flags.add_argument("--file", help="a JSON file with the whole flag (the config's flag syntax)")
-    rolloutcli.add_parser(sub, client)
-    rolloutcli.add_deploy_parser(sub, client)
+    rollouts.add_parser(sub, client)
+    rollouts.add_deploy_parser(sub, client)
     args = parser.parse_args(argv)
     if hasattr(args, "json"):
         args.json = args.json or args.json_first
@@ -129,13 +141,6 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"{args.config}: ok ({len(cfg.services)} services)")
         return 0
-    if args.command == "proxy":
-        logs.setup("turnout", args.log_level, args.log_format)
-        if args.workers < 1:
-            parser.error("--workers must be at least 1")
-        from .server import serve  # imported late: client commands need no event loop machinery
-
-        return serve(args.config, args.workers)
     try:
         return _client_command(args)
     except ClientError as exc:
@@ -146,9 +151,9 @@ def main(argv: list[str] | None = None) -> int:
 def _client_command(args: argparse.Namespace) -> int:
     api = AdminClient(*resolve(args.admin, args.token, args.token_file, args.controller, args.client_config))
     if args.command == "rollout":
-        return rolloutcli.run(api, args)
+        return rollouts.run(api, args)
     if args.command == "deploy":
-        return rolloutcli.run_deploy(api, args)
+        return rollouts.run_deploy(api, args)
     answer: Any
     if args.command == "status":
         answer = api.call("GET", "/v1/state")
@@ -275,7 +280,7 @@ def _header(text: str) -> tuple[str, str]:
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
-    from . import build
+    from proxy import build
 
     try:
         installed = version("turnout")
@@ -364,11 +369,6 @@ def _status(state: dict[str, Any]) -> str:
 def _overridden(entry: dict[str, Any]) -> str:
     return (f"  admin changes since generation {entry['since']} override the config file: "
             f"{', '.join(entry['parts'])} (turnout reset drops them)")
-
-
-def proxy_main() -> int:
-    """``python -m proxy``: the proxy subcommand."""
-    return main(["proxy", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

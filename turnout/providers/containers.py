@@ -6,7 +6,7 @@ snapshot to the event loop (``loop.call_soon_threadsafe``), then blocks on the e
 lists again on every event that can change what it found (start, die, stop, health_status, destroy,
 pause, unpause). A lost engine is retried with a capped backoff; each new connection starts with a
 full listing, so nothing is missed in between. The records are translated by the pure
-``proxy.core.discovery``; nothing here decides routing.
+``turnout.core.discovery``; nothing here decides routing.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""The I/O both processes do the same way (the atomic state file, process logs)."""
