@@ -39,7 +39,7 @@ from turnout.api import changes, tokens
 from turnout.api.views import describe, describe_flags
 from turnout.core import explain, routing, wire
 from turnout.core.desired import Entry
-from turnout.core.overlay import ChangeError
+from turnout.core.errors import ChangeError, TurnoutError, WireError
 from turnout.core.writer import Writer
 
 from .deploys import Deploys
@@ -121,7 +121,7 @@ def make_app(writer: Writer, fleet: Fleet, token: str, rollouts: Book,
             return response
         try:
             return await handler(request)
-        except ChangeError as exc:
+        except TurnoutError as exc:  # the one error tree: each error carries its answer
             return error(exc.status, exc.message, field=exc.field)
         except web.HTTPException as exc:  # aiohttp's own 404/405: answered in JSON like the rest
             return error(exc.status, exc.reason)
@@ -273,7 +273,7 @@ async def _poll_of(request: web.Request) -> wire.Poll:
     if request.method == "POST":
         try:
             message = wire.decode(await request.read())
-        except wire.WireError as exc:
+        except WireError as exc:
             raise ChangeError(400, f"the body must be a poll message: {exc}", "body") from None
         if not isinstance(message, wire.Poll):
             raise ChangeError(400, "the body must be a poll message", "body")

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from controller.engine.spec import compile_spec, read_templates
-from turnout.core.model import Config, ConfigError, Endpoint
+from turnout.core.errors import ConfigError
+from turnout.core.model import Config, Endpoint
 from turnout.core.reader import Reader, from_document, is_loopback, read_document
 
 __all__ = ["ControllerConfig", "Settings", "load", "routing_document"]

@@ -35,8 +35,8 @@ from controller.engine.rollout import Command, Observation, Phase, Rollout, Roll
 from controller.engine.route import PPM, Route, rules_for, stable_of
 from controller.engine.spec import Analysis, Pause, compile_spec, step_text
 from turnout.core import overlay
-from turnout.core.model import ConfigError
-from turnout.core.overlay import ChangeError, Overlay
+from turnout.core.errors import ChangeError, ConfigError
+from turnout.core.overlay import Overlay
 from turnout.core.reader import Reader
 from turnout.core.writer import Writer
 

@@ -17,15 +17,17 @@ import uvloop
 from aiohttp import web
 
 from turnout.api import tokens
-from turnout.core.model import Config, ConfigError
-from turnout.core.overlay import ChangeError
+from turnout.core.errors import ChangeError, ConfigError
+from turnout.core.model import Config
 from turnout.core.writer import Writer
 from turnout.providers import containers
 
 from . import config as config_module
 from .api import Fleet, make_app
 from .deploys import Deploys
+from .releases import BookReleases
 from .rollouts import Book
+from .runtime.docker import DockerRuntime
 from .store import Locked, Store
 
 __all__ = ["serve"]
@@ -92,7 +94,8 @@ async def _run(writer: Writer, store: Store, loaded: config_module.ControllerCon
     writer.apply = fleet.apply
     # handler_cancellation: a watch whose proxy went away (killed, partitioned) ends at once, so that
     # proxy stops counting as live LIVE_FOR seconds later rather than when its poll would have ended.
-    deploys = Deploys(rollouts, loaded.settings.docker) if loaded.settings.docker else None
+    deploys = Deploys(BookReleases(rollouts), DockerRuntime(loaded.settings.docker)) \
+        if loaded.settings.docker else None
     if deploys is not None:
         deploys.restore(rollouts.extra.get("deploys"))
     fleet.report_every = rollouts.report_every
@@ -127,12 +130,12 @@ async def _run(writer: Writer, store: Store, loaded: config_module.ControllerCon
     loop = asyncio.get_running_loop()
     advancing = loop.create_task(rollouts.run())
     docker_url = loaded.settings.docker
-    provider = containers.follow(docker_url, writer, loop, deploys.draining.copy if deploys else frozenset) \
+    provider = containers.follow(docker_url, writer, loop, deploys.draining_ids if deploys else frozenset) \
         if docker_url else None
     if deploys is not None and provider is not None:
         deploys.refresh = provider.refresh
     if deploys is not None:
-        deploys.resume()
+        deploys.drive()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGHUP, reload)
     loop.add_signal_handler(signal.SIGTERM, stop.set)

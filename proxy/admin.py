@@ -41,8 +41,8 @@ from turnout.api import changes, openapi, tokens
 from turnout.api.views import describe, describe_flags
 from turnout.core import explain
 from turnout.core.desired import Entry
-from turnout.core.model import Admin, ConfigError
-from turnout.core.overlay import ChangeError
+from turnout.core.errors import ConfigError, TurnoutError
+from turnout.core.model import Admin
 from turnout.core.routing import RoutingState
 
 from . import metrics
@@ -117,7 +117,7 @@ def make_app(backend: AdminBackend, token: str, control: Control | None = None,
             return response
         try:
             return await handler(request)
-        except ChangeError as exc:
+        except TurnoutError as exc:  # the one error tree: each error carries its answer
             return error(exc.status, exc.message, field=exc.field)
         except web.HTTPException as exc:  # aiohttp's own 404/405: answered in JSON like the rest
             return error(exc.status, exc.reason)

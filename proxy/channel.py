@@ -8,6 +8,7 @@ import logging
 import socket
 
 from turnout.core import wire
+from turnout.core.errors import WireError
 
 __all__ = ["Channel"]
 
@@ -35,6 +36,6 @@ class Channel:
         while line := await self.reader.readline():
             try:
                 return wire.decode(line)
-            except wire.WireError as exc:
+            except WireError as exc:
                 log.error("control channel: dropped a line that is not a message: %s", exc)
         return None

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 from turnout.api import tokens
-from turnout.core.model import Config, ConfigError
+from turnout.core.errors import ConfigError
+from turnout.core.model import Config
 from turnout.core.reader import parse
 
 from . import tls

@@ -11,7 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from turnout.core.model import Config, ConfigError
+from turnout.core.errors import ConfigError
+from turnout.core.model import Config
 from turnout.core.reader import from_document, read_document
 from turnout.core.wire import Snapshot
 from turnout.core.writer import Writer

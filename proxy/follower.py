@@ -24,7 +24,8 @@ import aiohttp
 
 from turnout.api import tokens
 from turnout.core import wire
-from turnout.core.model import Config, ConfigError, Managed
+from turnout.core.errors import ConfigError, WireError
+from turnout.core.model import Config, Managed
 from turnout.core.reader import from_document, read_document
 from turnout.io import statefile
 
@@ -92,7 +93,7 @@ class Follower:
             return None
         try:
             message = wire.decode(json.dumps(data))
-        except wire.WireError as exc:
+        except WireError as exc:
             log.error("%s is not a snapshot (%s); waiting for the controller", self.cache_path, exc)
             return None
         return message if isinstance(message, wire.Snapshot) else None
@@ -111,7 +112,7 @@ class Follower:
             while True:
                 try:
                     snapshot = await self._poll(session, headers)
-                except (aiohttp.ClientError, TimeoutError, OSError, wire.WireError, _Refused) as exc:
+                except (aiohttp.ClientError, TimeoutError, OSError, WireError, _Refused) as exc:
                     self._reachable(False, str(exc) or type(exc).__name__)
                     await asyncio.sleep(backoff * (0.5 + random.random()))  # jitter: a fleet does not poll in step
                     backoff = min(backoff * 2, BACKOFF_MAX)
@@ -133,7 +134,7 @@ class Follower:
                 raise _Refused(f"{response.status}: {body[:200].decode(errors='replace')}")
         message = wire.decode(body)
         if not isinstance(message, wire.Snapshot):
-            raise wire.WireError(f"a {type(message).__name__} where a snapshot was due")
+            raise WireError(f"a {type(message).__name__} where a snapshot was due")
         return message
 
     async def _apply(self, snapshot: wire.Snapshot) -> None:

@@ -27,8 +27,8 @@ import uvloop
 from aiohttp import web
 
 from turnout.core import wire
-from turnout.core.model import Config, ConfigError
-from turnout.core.overlay import ChangeError
+from turnout.core.errors import ChangeError, ConfigError
+from turnout.core.model import Config
 from turnout.core.reader import from_document, read_document
 from turnout.providers import containers
 

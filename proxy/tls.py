@@ -14,7 +14,8 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 
-from turnout.core.model import Certificate, Config, ConfigError, ServerTls, UpstreamTls
+from turnout.core.errors import ConfigError
+from turnout.core.model import Certificate, Config, ServerTls, UpstreamTls
 
 __all__ = ["CertificateSet", "Terminator", "TlsMaterial", "UpstreamTlsContext", "build", "check", "client_context"]
 

@@ -19,8 +19,9 @@ from collections.abc import Coroutine
 from typing import Any
 
 from turnout.core import buckets, routing, wire
+from turnout.core.errors import ConfigError
 from turnout.core.health import Health, RetryBudget
-from turnout.core.model import Config, ConfigError, Listener
+from turnout.core.model import Config, Listener
 from turnout.core.reader import from_document
 from turnout.core.routing import Target
 from turnout.core.stats import VersionStats, WorkerStats

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from turnout.core.errors import ChangeError
 from turnout.core.reader import Reader
 
 from .analysis import Measurement, Metric, Run, Verdict, start_run, tick, verdict
@@ -85,12 +86,11 @@ TRANSITIONS: dict[Phase, dict[Command, Phase]] = {
 ACTIVE = (Phase.PENDING, Phase.PROGRESSING, Phase.PAUSED)
 
 
-class RolloutError(Exception):
+class RolloutError(ChangeError):
     """A command the rollout cannot take now; ``status`` is the HTTP answer."""
 
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
+        super().__init__(status, message, "command")
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy import admin
 from proxy.worker import Worker
-from turnout.core.model import ConfigError
+from turnout.core.errors import ConfigError
 from turnout.core.reader import parse
 
 from ..helpers import RawUpstream, service

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from turnout.api import changes
-from turnout.core.overlay import FLAGS, ChangeError
+from turnout.core.errors import ChangeError
+from turnout.core.overlay import FLAGS
 
 
 @pytest.mark.parametrize("text", [

@@ -9,6 +9,7 @@ import pytest
 
 from turnout.core import overlay
 from turnout.core.discovery import Container, Discovered, merge, translate
+from turnout.core.errors import ChangeError
 from turnout.core.model import Config
 from turnout.core.reader import from_document
 from turnout.core.writer import Writer
@@ -126,7 +127,7 @@ def test_a_discovered_layer_the_routing_cannot_take_is_refused_and_changes_nothi
     writer, _ = writer_on(FILE)
     before = writer.desired
     bad = Discovered({"shop": {"versions": {"v2": {"endpoints": ["127.0.0.1:99999"]}}, "weights": {}, "hosts": []}})
-    with pytest.raises(overlay.ChangeError) as refused:
+    with pytest.raises(ChangeError) as refused:
         writer.discover("docker", bad)
     assert refused.value.status == 422 and "versions.v2" in refused.value.field
     assert writer.desired is before

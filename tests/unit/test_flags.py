@@ -7,9 +7,9 @@ from collections import Counter
 import pytest
 
 from turnout.core import buckets
+from turnout.core.errors import ConfigError
 from turnout.core.flags import FlagSet, per_flag
 from turnout.core.match import Request
-from turnout.core.model import ConfigError
 from turnout.core.reader import parse
 from turnout.core.routing import build
 

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from turnout.core import overlay
-from turnout.core.overlay import FLAGS, ChangeError
+from turnout.core.errors import ChangeError
+from turnout.core.overlay import FLAGS
 
 FILE: dict[str, Any] = {
     "listen": ":1",

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from proxy.config import load
-from turnout.core.model import ConfigError
+from turnout.core.errors import ConfigError
 from turnout.core.reader import parse
 
 BASE = """

@@ -29,7 +29,7 @@ from controller.engine.rollout import (
 )
 from controller.engine.route import PPM, Route
 from controller.engine.spec import SetWeight, Spec, compile_spec
-from turnout.core.model import ConfigError
+from turnout.core.errors import ConfigError
 from turnout.core.reader import Reader
 from turnout.core.stats import LATENCY_BOUNDS
 

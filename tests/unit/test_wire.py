@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from turnout.core import routing, wire
+from turnout.core.errors import WireError
 from turnout.core.reader import from_document
 
 from ..integration.test_receivers import document
@@ -21,7 +22,7 @@ from ..integration.test_receivers import document
     b'{"v": 1, "kind": "snapshot", "generation": 1, "source": "x", "document": {}, "tables": [[1]]}\n',
 ])
 def test_wire_refuses_what_is_not_a_message(line: bytes) -> None:
-    with pytest.raises(wire.WireError):
+    with pytest.raises(WireError):
         wire.decode(line)
 
 

@@ -19,8 +19,9 @@ from jsonschema import Draft7Validator
 
 from turnout.core import explain, overlay
 from turnout.core.desired import Entry
+from turnout.core.errors import ChangeError
 from turnout.core.match import Request
-from turnout.core.overlay import ChangeError, Overlay
+from turnout.core.overlay import Overlay
 from turnout.core.writer import Writer
 
 from .openapi import validator

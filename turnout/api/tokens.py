@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
-from turnout.core.model import ConfigError
+from turnout.core.errors import ConfigError
 
 __all__ = ["PROBES", "bearer", "load", "matches", "refusal"]
 

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 from proxy import config as config_module
-from turnout.core.model import ConfigError
+from turnout.core.errors import ConfigError
 
 from . import rollouts
 from .client import AdminClient, ClientError, resolve

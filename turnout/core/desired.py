@@ -22,8 +22,9 @@ from typing import Any
 from . import buckets, overlay, routing
 from .discovery import Discovered
 from .discovery import merge as merge_discovered
+from .errors import ChangeError
 from .model import Config
-from .overlay import ChangeError, Overlay
+from .overlay import Overlay
 from .wire import Snapshot
 
 __all__ = ["HISTORY", "Desired", "Entry"]

@@ -21,7 +21,6 @@ __all__ = [
     "Certificate",
     "Condition",
     "Config",
-    "ConfigError",
     "DemoApp",
     "Endpoint",
     "HealthCheck",
@@ -39,15 +38,6 @@ __all__ = [
     "UpstreamTls",
     "Version",
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be served. The message is one line meant for the user."""
-
-    def __init__(self, source: str, path: str, message: str) -> None:
-        self.source, self.path, self.message = source, path, message
-        where = f"{source}: {path}" if path else source
-        super().__init__(f"{where}: {message}")
 
 
 # ----------------------------------------------------------------------------------------------- model

@@ -25,7 +25,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-__all__ = ["FLAGS", "ChangeError", "delete_flag", "diff", "merge", "pin", "replace_rules", "reset", "rules_of",
+from .errors import ChangeError
+
+__all__ = ["FLAGS", "delete_flag", "diff", "merge", "pin", "replace_rules", "reset", "rules_of",
            "set_flag", "set_flag_enabled", "set_flag_rollout", "set_version", "set_weights", "shadows"]
 
 FLAGS = "@flags"  # the overlay's flags (no service name can start with '@'): key -> flag document or None
@@ -34,16 +36,6 @@ Document = dict[str, Any]
 Overlay = dict[str, dict[str, Any]]
 
 _SHORTHAND = ("split", "sticky", "version")
-
-
-class ChangeError(Exception):
-    """An admin change that cannot apply; ``status`` is the HTTP answer, ``field`` what to fix."""
-
-    def __init__(self, status: int, message: str, field: str = "") -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.field = field
 
 
 def rules_of(service: dict[str, Any]) -> list[Any]:

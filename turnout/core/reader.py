@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import yaml
 
+from .errors import ConfigError
 from .flagconfig import parse_flags
 from .model import (
     AccessLog,
@@ -28,7 +29,6 @@ from .model import (
     Condition,
     ConditionKind,
     Config,
-    ConfigError,
     DemoApp,
     Endpoint,
     HealthCheck,

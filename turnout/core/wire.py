@@ -21,15 +21,12 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from . import buckets
+from .errors import WireError
 
-__all__ = ["PROTOCOL", "Ack", "Collect", "Message", "Poll", "Refused", "Report", "Snapshot", "WireError", "decode",
+__all__ = ["PROTOCOL", "Ack", "Collect", "Message", "Poll", "Refused", "Report", "Snapshot", "decode",
            "encode"]
 
 PROTOCOL = 1
-
-
-class WireError(ValueError):
-    """A line that is not a message of this protocol."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,8 +24,9 @@ from typing import Any
 from . import buckets, overlay, routing
 from .desired import Desired, Entry
 from .discovery import Discovered
-from .model import Config, ConfigError
-from .overlay import ChangeError, Overlay
+from .errors import ChangeError, ConfigError
+from .model import Config
+from .overlay import Overlay
 from .wire import Snapshot
 
 __all__ = ["Writer"]

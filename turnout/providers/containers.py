@@ -23,8 +23,9 @@ import docker
 import docker.errors
 import requests.exceptions
 
+from turnout.core.errors import ChangeError
+
 from ..core.discovery import Container, translate
-from ..core.overlay import ChangeError
 from ..core.writer import Writer
 
 __all__ = ["DockerProvider", "follow", "record"]

@@ -1,0 +1,262 @@
+"""Deploys tick by tick: the real engine (``controller.engine.deploy``) and the real shell
+(``controller.deploys``) on a fake runtime and fake releases (``tests/fakes.py``), with the clock passed in:
+no socket, no process, no sleep. The same deploys on a real engine: tests/integration/test_docker_deploys.py."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from controller.deploys import Deploys
+from controller.engine import deploy as engine
+from controller.engine.deploy import (
+    ACTIVE,
+    DRAIN_FOR,
+    HEALTHY_WITHIN,
+    ROUTED_WITHIN,
+    TRANSITIONS,
+    Container,
+    Deploy,
+    DeployError,
+    Phase,
+    Routed,
+    World,
+    advance,
+    move,
+)
+from tests.fakes import FakeReleases, FakeRuntime
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def world_of(runtime: FakeRuntime, labels: dict[str, str]) -> list[str]:
+    return sorted(c.id for c in runtime.containers.values()
+                  if all(c.labels.get(k) == v for k, v in labels.items()))
+
+
+def setup(old_version: str = "v1", old: int = 2) -> tuple[Deploys, FakeRuntime, FakeReleases, Clock]:
+    runtime = FakeRuntime()
+    for _ in range(old):
+        runtime.add("app:1", {"turnout.service": "shop", "turnout.version": old_version})
+    releases = FakeReleases(runtime)
+    clock = Clock()
+    deploys = Deploys(releases, runtime, clock)
+    releases.draining = deploys.draining_ids
+    return deploys, runtime, releases, clock
+
+
+async def run(deploys: Deploys, clock: Clock, until: set[Phase] | None = None, limit: int = 500,
+              check: object = None) -> None:
+    """Step the shop deploy at each wake-up time until it is in ``until`` (default: not active)."""
+    for _ in range(limit):
+        deploy = deploys.get("shop")
+        if (until is None and not deploy.active) or (until is not None and deploy.phase in until):
+            return
+        wake = await deploys.step("shop")
+        if callable(check):
+            check()
+        clock.now = max(clock.now + 0.001, wake if wake is not None else clock.now)
+    raise AssertionError(f"still {deploys.get('shop').phase}: {deploys.get('shop').reason}")
+
+
+async def test_a_canary_deploy_creates_waits_for_health_and_routing_releases_and_retires_the_old() -> None:
+    deploys, runtime, releases, clock = setup()
+    old = world_of(runtime, {"turnout.version": "v1"})
+    started = await deploys.start("shop", "app:2", "v2", 3, "canary", False, "tester")
+    assert started.phase == Phase.CREATING and set(started.replaced) == set(old)
+    await run(deploys, clock, until={Phase.RELEASING})
+    new = world_of(runtime, {"turnout.version": "v2"})
+    assert len(new) == 3 and all(runtime.containers[c].labels["turnout.deploy"] == "shop-1" for c in new)
+    assert releases.started == [("shop", "v2", "canary", "deploy shop-1")]
+    for _ in range(5):  # the rollout runs: the deploy waits and touches nothing
+        clock.now += 1
+        await deploys.step("shop")
+    assert deploys.get("shop").phase == Phase.RELEASING and world_of(runtime, {"turnout.version": "v1"}) == old
+    releases.finish("shop", "Succeeded")
+    await run(deploys, clock)
+    assert deploys.get("shop").phase == Phase.SUCCEEDED
+    assert world_of(runtime, {"turnout.version": "v1"}) == [] and sorted(runtime.removed) == old
+    assert world_of(runtime, {"turnout.version": "v2"}) == new
+    assert releases.saved["shop"]["phase"] == "Succeeded"  # persisted with each step
+
+
+async def test_an_aborted_rollout_removes_the_new_containers_and_never_touches_the_old() -> None:
+    deploys, runtime, releases, clock = setup()
+    old = world_of(runtime, {"turnout.version": "v1"})
+    await deploys.start("shop", "app:2", "v2", 2, "blueGreen", False, "tester")
+    await run(deploys, clock, until={Phase.RELEASING})
+    new = world_of(runtime, {"turnout.version": "v2"})
+    releases.finish("shop", "Aborted")
+    await run(deploys, clock)
+    assert deploys.get("shop").phase == Phase.ABORTED
+    assert releases.retired == ["shop"]  # the canary left the split before its containers went
+    assert sorted(runtime.removed) == new and world_of(runtime, {"turnout.version": "v1"}) == old
+
+
+async def test_a_deploy_waits_for_the_fleet_before_removing_anything() -> None:
+    deploys, runtime, releases, clock = setup()
+    await deploys.start("shop", "app:2", "v2", 1, "canary", False, "tester")
+    await run(deploys, clock, until={Phase.RELEASING})
+    releases.finish("shop", "Succeeded")
+    releases.lagging = True
+    for _ in range(20):
+        clock.now += 1
+        await deploys.step("shop")
+    assert runtime.removed == [] and deploys.get("shop").phase == Phase.CLEANING_UP
+    releases.lagging = False
+    await run(deploys, clock)
+    assert deploys.get("shop").phase == Phase.SUCCEEDED and len(runtime.removed) == 2
+
+
+async def test_an_image_that_never_gets_healthy_fails_in_time_and_only_its_containers_go() -> None:
+    deploys, runtime, releases, clock = setup()
+    runtime.sick.add("app:2")
+    start = clock.now
+    await deploys.start("shop", "app:2", "v2", 2, "canary", False, "tester")
+    await run(deploys, clock)
+    failed = deploys.get("shop")
+    assert failed.phase == Phase.FAILED and "did not get healthy" in failed.reason
+    assert start + HEALTHY_WITHIN <= clock.now <= start + HEALTHY_WITHIN + 1
+    assert world_of(runtime, {"turnout.version": "v2"}) == [] and len(world_of(runtime, {})) == 2
+    assert releases.started == []
+
+
+async def test_a_fleet_that_never_routes_the_new_version_fails_the_deploy() -> None:
+    deploys, _, releases, clock = setup()
+    releases.lagging = True
+    await deploys.start("shop", "app:2", "v2", 1, "canary", False, "tester")
+    await run(deploys, clock)
+    assert deploys.get("shop").phase == Phase.FAILED and "did not route" in deploys.get("shop").reason
+    assert releases.started == []
+
+
+async def test_a_restart_at_every_step_never_starts_a_container_twice() -> None:
+    deploys, runtime, releases, clock = setup()
+    await deploys.start("shop", "app:2", "v2", 3, "canary", False, "tester")
+    for _ in range(40):
+        if deploys.get("shop").phase == Phase.RELEASING:
+            releases.finish("shop", "Succeeded")
+        if not deploys.get("shop").active:
+            break
+        restarted = Deploys(releases, runtime, clock)  # a new controller process on the persisted state
+        restarted.restore(releases.saved)
+        releases.draining = restarted.draining_ids
+        wake = await restarted.step("shop")
+        deploys = restarted
+        clock.now = max(clock.now + 0.001, wake or clock.now)
+    assert deploys.get("shop").phase == Phase.SUCCEEDED
+    assert len(world_of(runtime, {"turnout.version": "v2"})) == 3 and runtime.calls.count("run") == 3
+
+
+async def test_a_rolling_deploy_replaces_one_at_a_time_never_below_its_replicas() -> None:
+    deploys, runtime, releases, clock = setup(old=3)
+    old = world_of(runtime, {"turnout.version": "v1"})
+    drained_at: dict[str, float] = {}
+
+    def check() -> None:
+        routed = releases.routed("shop", "v1")
+        assert routed is not None and len(routed.endpoints) >= 3  # max unavailable 0
+        assert len(runtime.containers) <= 4  # max surge 1
+        for cid in deploys.draining_ids():
+            drained_at.setdefault(cid, clock.now)
+
+    started = await deploys.start("shop", "app:2", "v1", 1, "rolling", False, "tester")
+    assert started.phase == Phase.ROLLING and started.replicas == 3 and releases.numbers == {"shop": 1}
+    removed_at: dict[str, float] = {}
+    for _ in range(500):
+        if not deploys.get("shop").active:
+            break
+        before = set(runtime.removed)
+        wake = await deploys.step("shop")
+        for cid in set(runtime.removed) - before:
+            removed_at[cid] = clock.now
+        check()
+        clock.now = max(clock.now + 0.001, wake or clock.now)
+    assert deploys.get("shop").phase == Phase.SUCCEEDED
+    assert sorted(runtime.removed) == old and all(c.labels["image"] == "app:2" for c in runtime.containers.values())
+    assert all(removed_at[cid] - drained_at[cid] >= DRAIN_FOR for cid in old)  # drained, then kept for in-flight
+    assert deploys.draining_ids() == frozenset()
+
+
+async def test_a_rolling_deploy_of_a_sick_image_stops_with_the_old_containers_serving() -> None:
+    deploys, runtime, _, clock = setup(old=3)
+    old = world_of(runtime, {"turnout.version": "v1"})
+    runtime.sick.add("app:2")
+    await deploys.start("shop", "app:2", "v1", 1, "rolling", False, "tester")
+    await run(deploys, clock)
+    assert deploys.get("shop").phase == Phase.FAILED and runtime.removed and set(runtime.removed).isdisjoint(old)
+    assert world_of(runtime, {}) == old and deploys.draining_ids() == frozenset()
+
+
+async def test_bad_starts_are_refused_and_change_nothing() -> None:
+    deploys, runtime, releases, _ = setup()
+    with pytest.raises(DeployError) as refused:
+        await deploys.start("shop", "app:9", "v2", 1, "canary", False, "tester")
+    assert refused.value.status == 422 and refused.value.field == "image"
+    with pytest.raises(DeployError) as refused:
+        await deploys.start("shop", "app:2", "v2", 0, "canary", False, "tester")
+    assert refused.value.field == "replicas"
+    with pytest.raises(DeployError) as refused:
+        await deploys.start("shop", "app:2", "v2", 1, "sideways", False, "tester")
+    assert refused.value.field == "strategy"
+    with pytest.raises(DeployError) as refused:
+        await deploys.start("shop", "app:2", "v9", 1, "rolling", False, "tester")
+    assert refused.value.field == "version"
+    assert deploys.deploys == {} and runtime.calls.count("run") == 0 and releases.numbers == {}
+    await deploys.start("shop", "app:9", "v2", 1, "canary", True, "tester")  # --pull
+    with pytest.raises(DeployError) as refused:
+        await deploys.start("shop", "app:2", "v3", 1, "canary", False, "tester")
+    assert refused.value.status == 409
+
+
+async def test_an_engine_that_fails_fails_the_deploy_with_its_reason() -> None:
+    deploys, runtime, _, _ = setup()
+    await deploys.start("shop", "app:2", "v2", 1, "canary", False, "tester")
+    runtime.broken = True
+    assert await deploys.step("shop") is None
+    assert deploys.get("shop").phase == Phase.FAILED and "fake engine is down" in deploys.get("shop").reason
+
+
+def test_every_move_outside_the_table_is_refused_and_changes_nothing() -> None:
+    base = Deploy("shop-1", "shop", "v2", "app:2", 1, "canary", "/")
+    for phase, target in itertools.product(Phase, Phase):
+        deploy = Deploy("shop-1", "shop", "v2", "app:2", 1, "canary", "/", phase=phase)
+        if target in TRANSITIONS[phase]:
+            assert move(deploy, target, "why", 1.0).phase == target
+        else:
+            with pytest.raises(DeployError):
+                move(deploy, target, "why", 1.0)
+    assert frozenset({Phase.CREATING, Phase.RELEASING, Phase.ROLLING, Phase.CLEANING_UP}) == ACTIVE
+    assert base.phase == Phase.CREATING
+
+
+def test_the_engine_reads_no_clock_a_pause_of_the_world_changes_nothing() -> None:
+    """The same deploy, world and ``now`` give the same answer; nothing happens between calls."""
+    deploy = engine.new_deploy("shop-1", "shop", "v2", "app:2", 2, "canary", "/", {"a": "v1"}, "t", 0.0)
+    world = World((Container("n1", 1, "running", True), Container("n2", 2, "created")), (Container("a", 3),),
+                  Routed(frozenset(), frozenset()))
+    assert advance(deploy, world, 5.0) == advance(deploy, world, 5.0)
+    _, actions, wake = advance(deploy, world, 5.0)
+    assert actions == [engine.Start("n2")] and wake is not None and wake > 5.0
+    healthy = World((Container("n1", 1, "running", True), Container("n2", 2, "running", True)), (Container("a", 3),),
+                    Routed(frozenset(), frozenset()))
+    noted, _, _ = advance(deploy, healthy, 6.0)
+    assert noted.healthy and noted.deadline == 6.0 + ROUTED_WITHIN
+    routed = World(healthy.mine, healthy.old, Routed(frozenset({"127.0.0.1:1", "127.0.0.1:2"}), frozenset()))
+    released, actions, _ = advance(noted, routed, 7.0)
+    assert released.phase == Phase.RELEASING and actions == [engine.StartRollout()]
+
+
+def test_a_deploy_survives_its_own_record() -> None:
+    deploy = engine.new_deploy("shop-1", "shop", "v1", "app:2", 1, "rolling", "/health", {"a": "v1", "b": "v1"},
+                               "t", 3.0)
+    assert Deploy.restored(deploy.saved()) == deploy
+    with pytest.raises((KeyError, TypeError, ValueError)):
+        Deploy.restored({**deploy.saved(), "phase": "Sideways"})
