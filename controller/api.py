@@ -43,7 +43,7 @@ from turnout.core.errors import ChangeError, TurnoutError, WireError
 from turnout.core.writer import Writer
 
 from .deploys import Deploys
-from .openapi import COMMANDS, DEPLOY_START, DOCUMENT, ROLLOUT_START
+from .openapi import COMMANDS, DEPLOY_START, DEPLOY_UNDO, DOCUMENT, ROLLOUT_START
 from .proxies import LIVE_FOR, Proxies
 from .rollouts import Book
 
@@ -54,6 +54,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CONVERGE_TIMEOUT = 10.0
 _START = Draft7Validator(ROLLOUT_START)
 _DEPLOY = Draft7Validator(DEPLOY_START)
+_UNDO = Draft7Validator(DEPLOY_UNDO)
 WATCH_WAIT, WATCH_WAIT_MAX = 30.0, 60.0
 
 
@@ -227,12 +228,25 @@ def make_app(writer: Writer, fleet: Fleet, token: str, rollouts: Book,
         body = changes.parse_body(await request.read(), _DEPLOY)
         who = request.headers.get("X-Turnout-Actor", "controller-api")[:100]
         started = await deploying().start(body["service"], body["image"], body["version"], body.get("replicas", 1),
-                                          body.get("strategy", "canary"), body.get("pull", False), who)
+                                          body.get("strategy", "canary"), body.get("pull", False), who,
+                                          body.get("rolling"))
         return web.json_response(deploying().view(started), status=201)
 
     async def deploy_status(request: web.Request) -> web.Response:
         manager = deploying()
         return web.json_response(manager.view(manager.get(request.match_info["service"])))
+
+    async def deploy_history(request: web.Request) -> web.Response:
+        manager = deploying()
+        return web.json_response({"revisions": [manager.view(r) for r in
+                                                manager.revisions(request.match_info["service"])]})
+
+    async def deploy_undo(request: web.Request) -> web.Response:
+        raw = await request.read()
+        body = changes.parse_body(raw, _UNDO) if raw.strip() else {}
+        who = request.headers.get("X-Turnout-Actor", "controller-api")[:100]
+        started = await deploying().undo(request.match_info["service"], body.get("toRevision"), who)
+        return web.json_response(deploying().view(started), status=201)
 
     async def metrics(request: web.Request) -> web.Response:
         registry = CollectorRegistry(auto_describe=False)
@@ -259,6 +273,8 @@ def make_app(writer: Writer, fleet: Fleet, token: str, rollouts: Book,
     app.router.add_post("/v1/rollouts/{service}/{command}", rollout_command)
     app.router.add_post("/v1/deploys", deploy_start)
     app.router.add_get("/v1/deploys/{service}", deploy_status)
+    app.router.add_get("/v1/deploys/{service}/history", deploy_history)
+    app.router.add_post("/v1/deploys/{service}/undo", deploy_undo)
     app.router.add_get("/v1/watch", watch)
     app.router.add_post("/v1/watch", watch)
     app.router.add_get("/metrics", metrics)

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any, Protocol
 
 from controller.engine import deploy as engine
@@ -32,6 +33,7 @@ from controller.engine.deploy import (
     Phase,
     Remove,
     RetireCanary,
+    Rolling,
     RolloutState,
     Routed,
     Start,
@@ -85,23 +87,26 @@ class Deploys:
         self.clock = clock
         self.sleep = sleep
         self.deploys: dict[str, Deploy] = {}  # by service: the latest
+        self.earlier: dict[str, tuple[Deploy, ...]] = {}  # by service: the revisions before it, oldest first
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.driving = False
         self.refresh: Callable[[], None] = lambda: None  # discovery translates its last listing again
 
     def draining_ids(self) -> frozenset[str]:
         """The containers rolling deploys are retiring: discovery routes no new requests to them."""
-        return frozenset(d.retiring for d in self.deploys.values() if d.retiring is not None and d.active)
+        return frozenset(i for d in list(self.deploys.values()) if d.active for i in d.retiring)
 
     # -- persistence: kept in the rollouts' part of the state file
 
     def saved(self) -> dict[str, Any]:
-        return {service: d.saved() for service, d in self.deploys.items()}
+        return {service: {**d.saved(), "earlier": [e.saved() for e in self.earlier.get(service, ())]}
+                for service, d in self.deploys.items()}
 
     def restore(self, saved: Mapping[str, Any] | None) -> None:
         for service, data in (saved or {}).items():
             try:
                 self.deploys[service] = Deploy.restored(data)
+                self.earlier[service] = tuple(Deploy.restored(e) for e in data.get("earlier") or ())
             except (KeyError, TypeError, ValueError) as exc:
                 log.error("deploy of %s in the state file cannot be read (%s): left out", service, exc)
 
@@ -116,7 +121,7 @@ class Deploys:
     # -- commands
 
     async def start(self, service: str, image: str, version: str, replicas: int, strategy: str,
-                    pull: bool, who: str) -> Deploy:
+                    pull: bool, who: str, rolling: Mapping[str, Any] | None = None) -> Deploy:
         current = self.deploys.get(service)
         if current is not None and current.active:
             raise DeployError(409, f"deploy {current.id} of {service} is {current.phase}", "service")
@@ -124,21 +129,44 @@ class Deploys:
             raise DeployError(409, f"a rollout of {service} is running: let it end first", "service")
         if strategy not in engine.STRATEGIES:  # before the engine is asked anything
             raise DeployError(422, f"strategy must be canary, blueGreen or rolling, got {strategy!r}", "strategy")
+        options = Rolling.restored(rolling or {})
         if not await self.runtime.has_image(image):
             if not pull:
                 raise DeployError(422, f"image {image} is not on the engine; pull it first, or pass --pull", "image")
             await self.runtime.pull(image)
-        existing = {c.id: c.labels.get("turnout.version", "")
+        existing = {c.id: (c.labels.get("turnout.version", ""), c.image)
                     for c in await self.runtime.list({"turnout.service": service})}
         deploy = engine.new_deploy(self.releases.next_rollout_id(service, take=False), service, version, image,
                                    replicas, strategy, self.releases.health_path(service, version), existing, who,
-                                   self.clock())
+                                   self.clock(), current.revision + 1 if current is not None else 1, options)
         if strategy == "rolling":
             self.releases.next_rollout_id(service, take=True)
+        if current is not None:  # the latest ended: it becomes history (the last 20 are kept)
+            self.earlier[service] = (*self.earlier.get(service, ()), current)[-20:]
         self._keep(deploy)
         if self.driving:
             self._run(service)
         return deploy
+
+    def revisions(self, service: str) -> list[Deploy]:
+        """Every revision of the service that is kept, oldest first; the last is the latest deploy."""
+        return [*self.earlier.get(service, ()), self.get(service)]
+
+    async def undo(self, service: str, to_revision: int | None, who: str) -> Deploy:
+        """A new deploy of an earlier revision's image, through the same gates: the latest deploy's version
+        with its image again when that was rolling, else the earlier revision's version as it was."""
+        latest = self.get(service)
+        wanted = latest.revision - 1 if to_revision is None else to_revision
+        target = next((r for r in self.revisions(service) if r.revision == wanted), None)
+        if target is None and to_revision is None and latest.strategy == "rolling" and latest.previous_image:
+            target = replace(latest, image=latest.previous_image)  # before the first deploy: what it replaced
+        if target is None or (target.revision == latest.revision and target.image == latest.image):
+            raise DeployError(404 if to_revision is not None else 409,
+                              f"no revision {wanted} of {service} to go back to", "toRevision")
+        if latest.strategy == "rolling":
+            return await self.start(service, target.image, latest.version, 1, "rolling", False, who,
+                                    latest.rolling.saved())
+        return await self.start(service, target.image, target.version, target.replicas, latest.strategy, False, who)
 
     def get(self, service: str) -> Deploy:
         found = self.deploys.get(service)
@@ -190,12 +218,16 @@ class Deploys:
     async def _observe(self, deploy: Deploy) -> World:
         mine = await self.runtime.list({"turnout.deploy": deploy.id}, include_stopped=True)
         containers = tuple([await self._container(deploy, i) for i in mine])
+        restored: tuple[Container, ...] = ()
+        if deploy.phase == Phase.ROLLING_BACK:
+            found = await self.runtime.list({"turnout.deploy": f"{deploy.id}-rollback"}, include_stopped=True)
+            restored = tuple([await self._container(deploy, i) for i in found])
         old = tuple(Container(i.id, i.port, i.state)
                     for i in await self.runtime.list({"turnout.service": deploy.service})
                     if i.id in deploy.replaced)
         return World(containers, old, self.releases.routed(deploy.service, deploy.version),
                      self.releases.rollout_state(deploy.service),
-                     deploy.phase == Phase.CLEANING_UP and self.releases.served(deploy.service))
+                     deploy.phase == Phase.CLEANING_UP and self.releases.served(deploy.service), restored)
 
     async def _container(self, deploy: Deploy, instance: Instance) -> Container:
         healthy = instance.state == "running" and await self.runtime.healthy(instance, deploy.health_path)
@@ -203,12 +235,13 @@ class Deploys:
 
     async def _act(self, deploy: Deploy, action: engine.Action) -> None:
         if isinstance(action, Create):
+            owner = f"{deploy.id}-rollback" if action.restore else deploy.id
             labels = {"turnout.service": deploy.service, "turnout.version": deploy.version,
-                      "turnout.deploy": deploy.id, "turnout.rollout": deploy.id}
+                      "turnout.deploy": owner, "turnout.rollout": deploy.id}
             if deploy.health_path != "/":
                 labels["turnout.health.path"] = deploy.health_path
             for _ in range(action.count):
-                await self.runtime.run(deploy.image, deploy.id, labels)
+                await self.runtime.run(deploy.previous_image if action.restore else deploy.image, owner, labels)
         elif isinstance(action, Start):
             await self.runtime.start(action.id)
         elif isinstance(action, Remove):

@@ -79,9 +79,23 @@ DEPLOY_START: dict[str, Any] = {
         "replicas": {"type": "integer", "minimum": 1, "maximum": 50},
         "strategy": {"enum": ["canary", "blueGreen", "rolling"]},
         "pull": {"type": "boolean", "description": "pull the image if the engine does not have it (default: never)"},
+        "rolling": {"type": "object", "additionalProperties": False, "description": "strategy rolling: its batches",
+                    "properties": {
+                        "parallelism": {"type": "integer", "minimum": 1, "maximum": 50},
+                        "delay": {"type": "number", "minimum": 0, "maximum": 3600},
+                        "monitor": {"type": "number", "minimum": 0, "maximum": 3600},
+                        "progressDeadline": {"type": "number", "minimum": 1, "maximum": 3600},
+                        "failureAction": {"enum": ["rollback", "stop"]},
+                    }},
     },
 }
+DEPLOY_UNDO: dict[str, Any] = {
+    "type": "object", "additionalProperties": False,
+    "properties": {"toRevision": {"type": "integer", "minimum": 1, "maximum": 1_000_000,
+                                  "description": "default: the revision before the latest"}},
+}
 DOCUMENT["components"]["schemas"]["DeployStart"] = DEPLOY_START
+DOCUMENT["components"]["schemas"]["DeployUndo"] = DEPLOY_UNDO
 DOCUMENT["paths"].update({
     "/v1/deploys": {"post": {"summary": "deploy an image as a new version (immutable infrastructure)",
                              "requestBody": {"required": True, "content": {"application/json": {
@@ -89,4 +103,11 @@ DOCUMENT["paths"].update({
                              "responses": {"201": {"description": "started", "content": _OBJECT}, **_ANSWER}}},
     "/v1/deploys/{service}": {"get": {"summary": "a deploy's status", "parameters": [_SERVICE],
                                       "responses": _ANSWER}},
+    "/v1/deploys/{service}/history": {"get": {"summary": "every revision kept, oldest first", "parameters": [_SERVICE],
+                                              "responses": _ANSWER}},
+    "/v1/deploys/{service}/undo": {"post": {
+        "summary": "deploy an earlier revision's image again, through the same gates", "parameters": [_SERVICE],
+        "requestBody": {"required": False, "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/DeployUndo"}}}},
+        "responses": {"201": {"description": "started", "content": _OBJECT}, **_ANSWER}}},
 })

@@ -33,8 +33,8 @@ class FakeRuntime:
     def add(self, image: str, labels: Mapping[str, str], state: str = "running") -> Instance:
         self.next_port += 1
         number = len(self.containers) + len(self.removed)
-        instance = Instance(f"c{number:03d}", f"c{number}", state, {**labels, "turnout.port": str(self.next_port),
-                                                                     "image": image})
+        instance = Instance(f"c{number:03d}", f"c{number}", state, {**labels, "turnout.port": str(self.next_port)},
+                            image)
         self.containers[instance.id] = instance
         return instance
 
@@ -53,12 +53,12 @@ class FakeRuntime:
     async def start(self, container_id: str) -> None:
         self._check("start")
         found = self.containers[container_id]
-        self.containers[container_id] = Instance(found.id, found.name, "running", found.labels)
+        self.containers[container_id] = Instance(found.id, found.name, "running", found.labels, found.image)
 
     async def healthy(self, instance: Instance, path: str) -> bool:
         self._check("healthy")
         found = self.containers.get(instance.id)
-        return found is not None and found.state == "running" and found.labels["image"] not in self.sick
+        return found is not None and found.state == "running" and found.image not in self.sick
 
     async def remove(self, container_id: str) -> None:
         self._check("remove")

@@ -17,7 +17,16 @@ Phases and the moves between them are a table (``TRANSITIONS``); ``move`` refuse
     Creating -> Releasing -> CleaningUp -> Succeeded | Aborted
     Creating -> Failed                      (not healthy, or not routed, in time)
     Releasing -> Failed                     (its rollout is gone)
-    Rolling -> Succeeded | Failed           (strategy rolling)
+    Rolling -> Succeeded                    (strategy rolling: batch after batch, each one gated)
+    Rolling -> RollingBack -> Aborted       (a batch failed its gate: the previous image back, with care)
+    Rolling -> Failed, RollingBack -> Failed   (failureAction stop; a rollback that cannot get healthy)
+
+A rolling deploy replaces ``parallelism`` containers per batch (max surge; max unavailable is 0): the
+batch's new containers must be healthy and routed by every live proxy within the progress deadline, and
+stay healthy for ``monitor`` seconds, before the old ones they replace are drained and removed; then
+``delay`` seconds to the next batch. A batch that fails rolls back (``failureAction: rollback``): new
+containers of the previous image replace what was already retired, then the deploy's own containers are
+drained and removed, so the version serves its old image everywhere again.
 
 Rule 1: a container is retired only once the routing every live proxy serves sends it no new requests
 (``Deploy.retiring`` names it and the shell has discovery mark it draining; ``World.routed`` is the
@@ -28,7 +37,7 @@ never touched by an aborted deploy; the new ones are never kept by one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -50,6 +59,7 @@ __all__ = [
     "Phase",
     "Remove",
     "RetireCanary",
+    "Rolling",
     "RolloutState",
     "Routed",
     "Start",
@@ -73,6 +83,7 @@ class Phase(StrEnum):
     CREATING = "Creating"
     RELEASING = "Releasing"
     ROLLING = "Rolling"
+    ROLLING_BACK = "RollingBack"
     CLEANING_UP = "CleaningUp"
     SUCCEEDED = "Succeeded"
     ABORTED = "Aborted"
@@ -83,7 +94,8 @@ class Phase(StrEnum):
 TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     Phase.CREATING: frozenset({Phase.RELEASING, Phase.FAILED}),
     Phase.RELEASING: frozenset({Phase.CLEANING_UP, Phase.FAILED}),
-    Phase.ROLLING: frozenset({Phase.SUCCEEDED, Phase.FAILED}),
+    Phase.ROLLING: frozenset({Phase.SUCCEEDED, Phase.ROLLING_BACK, Phase.FAILED}),
+    Phase.ROLLING_BACK: frozenset({Phase.ABORTED, Phase.FAILED}),
     Phase.CLEANING_UP: frozenset({Phase.SUCCEEDED, Phase.ABORTED, Phase.FAILED}),
     Phase.SUCCEEDED: frozenset(),
     Phase.ABORTED: frozenset(),
@@ -94,6 +106,36 @@ ACTIVE = frozenset(phase for phase, moves in TRANSITIONS.items() if moves)
 
 class DeployError(ChangeError):
     """A deploy that cannot start or move: ``status`` is the HTTP answer, ``field`` what was wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rolling:
+    """How a rolling deploy goes (Swarm's ``update_config``, Kubernetes' ``maxSurge`` and
+    ``progressDeadlineSeconds``)."""
+    parallelism: int = 1  # new containers per batch (the surge); no old one goes before they serve
+    delay: float = 0.0  # seconds between batches
+    monitor: float = 5.0  # seconds a batch must stay healthy, routed, before the old ones it replaces go
+    deadline: float = HEALTHY_WITHIN  # seconds a batch has to get healthy and routed
+    failure_action: str = "rollback"  # or "stop": leave what serves as it is, and say so
+
+    def saved(self) -> dict[str, Any]:
+        return {"parallelism": self.parallelism, "delay": self.delay, "monitor": self.monitor,
+                "progressDeadline": self.deadline, "failureAction": self.failure_action}
+
+    @classmethod
+    def restored(cls, data: Mapping[str, Any]) -> Rolling:
+        rolling = cls(int(data.get("parallelism", 1)), float(data.get("delay", 0.0)),
+                      float(data.get("monitor", 5.0)), float(data.get("progressDeadline", HEALTHY_WITHIN)),
+                      str(data.get("failureAction", "rollback")))
+        if not 1 <= rolling.parallelism <= 50:
+            raise DeployError(422, "rolling.parallelism must be 1..50", "rolling.parallelism")
+        for name, value, least in (("delay", rolling.delay, 0), ("monitor", rolling.monitor, 0),
+                                   ("progressDeadline", rolling.deadline, 1)):
+            if not least <= value <= 3600:
+                raise DeployError(422, f"rolling.{name} must be {least}..3600 seconds", f"rolling.{name}")
+        if rolling.failure_action not in ("rollback", "stop"):
+            raise DeployError(422, "rolling.failureAction must be rollback or stop", "rolling.failureAction")
+        return rolling
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +153,13 @@ class Deploy:
     history: tuple[tuple[float, str], ...] = field(default=())
     deadline: float | None = None  # Creating / Rolling: the current wait's end (healthy, then routed)
     healthy: bool = False  # Creating: every container was healthy; now the fleet must route them
-    retiring: str | None = None  # Rolling: the old container being drained
-    remove_at: float | None = None  # Rolling: when the drained container goes
+    retiring: tuple[str, ...] = ()  # Rolling: the containers being drained
+    remove_at: float | None = None  # Rolling: when the drained containers go
+    revision: int = 1  # the service's deploys are numbered: turnout deploy history, undo --to-revision
+    previous_image: str = ""  # what the replaced containers ran (a rollback brings it back)
+    rolling: Rolling = field(default_factory=Rolling)
+    monitor_until: float | None = None  # Rolling: the current batch is watched until then
+    next_batch_at: float | None = None  # Rolling: the delay between batches
 
     @property
     def active(self) -> bool:
@@ -123,7 +170,9 @@ class Deploy:
                 "replicas": self.replicas, "strategy": self.strategy, "health_path": self.health_path,
                 "phase": self.phase.value, "reason": self.reason, "replaced": list(self.replaced),
                 "history": [[at, why] for at, why in self.history], "deadline": self.deadline,
-                "healthy": self.healthy, "retiring": self.retiring, "remove_at": self.remove_at}
+                "healthy": self.healthy, "retiring": list(self.retiring), "remove_at": self.remove_at,
+                "revision": self.revision, "previous_image": self.previous_image, "rolling": self.rolling.saved(),
+                "monitor_until": self.monitor_until, "next_batch_at": self.next_batch_at}
 
     @classmethod
     def restored(cls, data: Mapping[str, Any]) -> Deploy:
@@ -136,8 +185,9 @@ class Deploy:
                    int(data["replicas"]), str(data["strategy"]), str(data["health_path"]), Phase(data["phase"]),
                    str(data.get("reason", "")), tuple(str(r) for r in data.get("replaced", ())),
                    tuple((float(at), str(why)) for at, why in data.get("history", ())), number("deadline"),
-                   bool(data.get("healthy", False)),
-                   None if data.get("retiring") is None else str(data["retiring"]), number("remove_at"))
+                   bool(data.get("healthy", False)), tuple(str(r) for r in data.get("retiring") or ()),
+                   number("remove_at"), int(data.get("revision", 1)), str(data.get("previous_image", "")),
+                   Rolling.restored(data.get("rolling") or {}), number("monitor_until"), number("next_batch_at"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,11 +227,13 @@ class World:
     routed: Routed | None = None
     rollout: RolloutState | None = None  # the service's latest rollout
     settled: bool = False  # every live proxy serves a routing without the version that is leaving
+    restored: tuple[Container, ...] = ()  # RollingBack: containers of the previous image it started
 
 
 @dataclass(frozen=True, slots=True)
 class Create:
     count: int  # containers to start, each on a port of its own
+    restore: bool = False  # of the previous image (a rollback), not of the deploy's
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,28 +271,33 @@ def default_spec(strategy: str, configured: Any) -> Mapping[str, Any] | None:
 
 
 def new_deploy(deploy_id: str, service: str, version: str, image: str, replicas: int, strategy: str,
-               health_path: str, existing: Mapping[str, str], who: str, now: float) -> Deploy:
-    """A deploy about to start. ``existing``: the service's running containers (id -> version label).
-    A rolling deploy replaces the version's own containers; the others replace every other version's."""
+               health_path: str, existing: Mapping[str, tuple[str, str]], who: str, now: float,
+               revision: int = 1, rolling: Rolling | None = None) -> Deploy:
+    """A deploy about to start. ``existing``: the service's running containers (id -> (version label,
+    image)). A rolling deploy replaces the version's own containers; the others replace every other
+    version's."""
     if not 1 <= replicas <= 50:
         raise DeployError(422, "replicas must be 1..50", "replicas")
     if strategy not in STRATEGIES:
         raise DeployError(422, f"strategy must be canary, blueGreen or rolling, got {strategy!r}", "strategy")
-    rolling = strategy == "rolling"
-    replaced = tuple(cid for cid, label in existing.items() if (label == version) == rolling)
-    if rolling and not replaced:
+    is_rolling = strategy == "rolling"
+    replaced = tuple(cid for cid, (label, _) in existing.items() if (label == version) == is_rolling)
+    if is_rolling and not replaced:
         raise DeployError(422, f"no running containers of {service}/{version} to replace; a new version is "
                           "deployed with --strategy canary or blueGreen", "version")
-    return Deploy(deploy_id, service, version, image, len(replaced) if rolling else replicas, strategy,
-                  health_path, Phase.ROLLING if rolling else Phase.CREATING, replaced=replaced,
-                  history=((now, f"created by {who}: {image} as {version} ({strategy})"),),
-                  deadline=None if rolling else now + HEALTHY_WITHIN)
+    previous = existing[replaced[0]][1] if replaced else ""
+    return Deploy(deploy_id, service, version, image, len(replaced) if is_rolling else replicas, strategy,
+                  health_path, Phase.ROLLING if is_rolling else Phase.CREATING, replaced=replaced,
+                  history=((now, f"revision {revision} created by {who}: {image} as {version} ({strategy})"),),
+                  deadline=None if is_rolling else now + HEALTHY_WITHIN, revision=revision, previous_image=previous,
+                  rolling=rolling or Rolling())
 
 
 def move(deploy: Deploy, phase: Phase, why: str, now: float) -> Deploy:
     if phase not in TRANSITIONS[deploy.phase]:
         raise DeployError(409, f"deploy {deploy.id} cannot go from {deploy.phase} to {phase}", "phase")
-    return note(replace(deploy, phase=phase, deadline=None, retiring=None, remove_at=None), why, now)
+    return note(replace(deploy, phase=phase, deadline=None, retiring=(), remove_at=None, monitor_until=None,
+                        next_batch_at=None), why, now)
 
 
 def note(deploy: Deploy, why: str, now: float) -> Deploy:
@@ -257,27 +314,30 @@ def advance(deploy: Deploy, world: World, now: float) -> Step:
         return _releasing(deploy, world, now)
     if deploy.phase == Phase.ROLLING:
         return _rolling(deploy, world, now)
+    if deploy.phase == Phase.ROLLING_BACK:
+        return _rolling_back(deploy, world, now)
     if deploy.phase == Phase.CLEANING_UP:
         return _cleaning_up(deploy, world, now)
     return deploy, [], None
 
 
-def _started(deploy: Deploy, world: World, want: int) -> list[Action]:
-    """What makes ``want`` of the deploy's containers exist and run (a restart finds those it made)."""
-    actions: list[Action] = [Start(c.id) for c in world.mine if c.state == "created"]
-    if len(world.mine) < want:
-        actions.append(Create(want - len(world.mine)))
+def _started(have: tuple[Container, ...], want: int, restore: bool = False) -> list[Action]:
+    """What makes ``want`` containers exist and run, ``have`` being those there are (a restart finds the
+    ones it made, so none is made twice)."""
+    actions: list[Action] = [Start(c.id) for c in have if c.state == "created"]
+    if len(have) < want:
+        actions.append(Create(want - len(have), restore))
     return actions
 
 
-def _unhealthy(world: World) -> tuple[str, ...]:
-    return tuple(c.id for c in world.mine if not c.healthy)
+def _unhealthy(containers: tuple[Container, ...]) -> tuple[str, ...]:
+    return tuple(c.id for c in containers if not c.healthy)
 
 
 def _creating(deploy: Deploy, world: World, now: float) -> Step:
     deadline = deploy.deadline if deploy.deadline is not None else now + HEALTHY_WITHIN
-    actions = _started(deploy, world, deploy.replicas)
-    sick = _unhealthy(world)
+    actions = _started(world.mine, deploy.replicas)
+    sick = _unhealthy(world.mine)
     if actions or sick:
         if now < deadline:
             return replace(deploy, deadline=deadline), actions, now + POLL
@@ -324,51 +384,96 @@ def _cleaning_up(deploy: Deploy, world: World, now: float) -> Step:
 
 
 def _rolling(deploy: Deploy, world: World, now: float) -> Step:
-    """One container at a time, max surge 1, max unavailable 0: a new one healthy and routed everywhere,
-    then an old one drained everywhere, kept ``DRAIN_FOR`` for its requests in flight, and removed."""
-    if deploy.retiring is not None:
-        return _retiring(deploy, world, now)
+    """Batch after batch: ``parallelism`` new containers healthy, routed everywhere and watched for
+    ``monitor`` seconds; then the old ones they replace drained everywhere, kept ``DRAIN_FOR`` for their
+    requests in flight, and removed; then ``delay`` to the next batch."""
+    if deploy.retiring:
+        return _retire(deploy, world.old, world, now, lambda d: note(
+            replace(d, retiring=(), remove_at=None, deadline=None, monitor_until=None,
+                    next_batch_at=now + d.rolling.delay),
+            f"batch done: {len(d.replaced) - len(world.old) + len(d.retiring)} of {len(d.replaced)} replaced", now))
     if not world.old:
-        return move(deploy, Phase.SUCCEEDED, f"done: {len(deploy.replaced)} containers replaced, one at a time",
-                    now), [], None
-    replaced_so_far = len(deploy.replaced) - len(world.old)
-    if len(world.mine) <= replaced_so_far:  # surge: the next new container first
-        deadline = deploy.deadline if deploy.deadline is not None else now + HEALTHY_WITHIN
-        return replace(deploy, deadline=deadline), _started(deploy, world, replaced_so_far + 1), now + POLL
-    actions = _started(deploy, world, len(world.mine))
-    sick = _unhealthy(world)
-    deadline = deploy.deadline if deploy.deadline is not None else now + HEALTHY_WITHIN
+        return move(deploy, Phase.SUCCEEDED, f"done: {len(deploy.replaced)} containers replaced, "
+                    f"{deploy.rolling.parallelism} at a time", now), [], None
+    if deploy.next_batch_at is not None and now < deploy.next_batch_at:
+        return deploy, [], deploy.next_batch_at
+    batch = min(deploy.rolling.parallelism, len(world.old))
+    deadline = deploy.deadline if deploy.deadline is not None else now + deploy.rolling.deadline
+    deploy = replace(deploy, deadline=deadline)
+    actions = _started(world.mine, len(deploy.replaced) - len(world.old) + batch)
+    sick = _unhealthy(world.mine)
+    if sick and deploy.monitor_until is not None:
+        return _failed(deploy, f"{len(sick)} new containers of {deploy.image} stopped being healthy while watched",
+                       now)
     if actions or sick:
         if now < deadline:
-            return replace(deploy, deadline=deadline), actions, now + POLL
-        why = (f"{deploy.image} did not get healthy within {HEALTHY_WITHIN:g}s: {len(sick)} unhealthy containers "
-               f"removed; {len(world.old)} old containers still serve")
-        return move(deploy, Phase.FAILED, why, now), [Remove(sick)], None
+            return deploy, actions, now + POLL
+        return _failed(deploy, f"{deploy.image} did not get healthy within {deploy.rolling.deadline:g}s", now)
     routed = world.routed
     if routed is None or not all(routed.has_port(c.port) for c in world.mine):
         if now < deadline:
-            return replace(deploy, deadline=deadline), [], now + POLL
-        return move(deploy, Phase.FAILED, f"the fleet did not route the new containers of {deploy.service}/"
-                    f"{deploy.version} in time", now), [], None
-    old = world.old[0]
-    deploy = note(replace(deploy, retiring=old.id, deadline=now + ROUTED_WITHIN),
-                  f"{len(world.mine)} new containers serving: draining {old.id[:12]}", now)
-    return deploy, [], now
+            return deploy, [], now + POLL
+        return _failed(deploy, f"the fleet did not route the new containers of {deploy.service}/{deploy.version} "
+                       f"within {deploy.rolling.deadline:g}s", now)
+    if deploy.monitor_until is None:
+        return note(replace(deploy, monitor_until=now + deploy.rolling.monitor),
+                    f"{len(world.mine)} new containers healthy and routed: watching them "
+                    f"{deploy.rolling.monitor:g}s", now), [], now + min(POLL, deploy.rolling.monitor)
+    if now < deploy.monitor_until:
+        return deploy, [], min(now + POLL, deploy.monitor_until)
+    going = tuple(c.id for c in world.old[:batch])
+    return note(replace(deploy, retiring=going, deadline=now + ROUTED_WITHIN),
+                f"batch of {batch} passed its gate: draining {', '.join(i[:12] for i in going)}", now), [], now
 
 
-def _retiring(deploy: Deploy, world: World, now: float) -> Step:
-    old = next((c for c in world.old if c.id == deploy.retiring), None)
-    if old is None:  # gone: only now may discovery stop marking it draining (it was stopping until then)
-        retired = (deploy.retiring or "")[:12]
-        return note(replace(deploy, retiring=None, remove_at=None, deadline=None),
-                    f"retired container {retired} after draining it", now), [], now
+def _failed(deploy: Deploy, why: str, now: float) -> Step:
+    """A batch failed its gate: roll back (the default: the deploy's containers leave only once the
+    previous image serves in their place), or stop with what serves left as it is (Swarm's pause)."""
+    if deploy.rolling.failure_action == "rollback" and deploy.previous_image:
+        return move(deploy, Phase.ROLLING_BACK, f"{why}: rolling back to {deploy.previous_image}", now), [], now
+    return move(deploy, Phase.FAILED, f"{why}: stopped, with what serves left as it is", now), [], None
+
+
+def _rolling_back(deploy: Deploy, world: World, now: float) -> Step:
+    """Containers of the previous image for every old one already retired, healthy and routed; then the
+    deploy's own containers drained everywhere and removed. No moment with fewer serving containers."""
+    if deploy.retiring:
+        return _retire(deploy, world.mine, world, now, lambda d: replace(d, retiring=(), remove_at=None))
+    deadline = deploy.deadline if deploy.deadline is not None else now + deploy.rolling.deadline
+    deploy = replace(deploy, deadline=deadline)
+    actions = _started(world.restored, len(deploy.replaced) - len(world.old), restore=True)
+    sick = _unhealthy(world.restored)
+    routed = world.routed
+    if actions or sick or routed is None or not all(routed.has_port(c.port) for c in world.restored):
+        if now < deadline:
+            return deploy, actions, now + POLL
+        return move(deploy, Phase.FAILED, f"the rollback's containers of {deploy.previous_image} did not get "
+                    f"healthy and routed within {deploy.rolling.deadline:g}s; what serves is left as it is", now), \
+            [], None
+    if world.mine:
+        going = tuple(c.id for c in world.mine)
+        return note(replace(deploy, retiring=going, deadline=now + ROUTED_WITHIN),
+                    f"{deploy.previous_image} serves again: draining {len(going)} containers of {deploy.image}",
+                    now), [], now
+    return move(deploy, Phase.ABORTED, f"rolled back: {deploy.previous_image} serves everywhere, "
+                f"{deploy.image} removed", now), [], None
+
+
+def _retire(deploy: Deploy, candidates: tuple[Container, ...], world: World, now: float,
+            done: Callable[[Deploy], Deploy]) -> Step:
+    """Drain ``deploy.retiring`` everywhere, wait ``DRAIN_FOR``, remove them; ``done`` once they are gone
+    (only then may discovery stop marking them draining: they were stopping until then)."""
+    present = tuple(c for c in candidates if c.id in deploy.retiring)
+    if not present:
+        return done(deploy), [], now
     if deploy.remove_at is not None:
         if now < deploy.remove_at:
             return deploy, [], deploy.remove_at
-        return deploy, [Remove((old.id,))], now + POLL
-    if world.routed is not None and world.routed.drains_port(old.port):
+        return deploy, [Remove(tuple(c.id for c in present))], now + POLL
+    routed = world.routed
+    if routed is not None and all(routed.drains_port(c.port) or not routed.has_port(c.port) for c in present):
         return replace(deploy, remove_at=now + DRAIN_FOR), [], now + DRAIN_FOR
     if deploy.deadline is not None and now >= deploy.deadline:
-        return move(deploy, Phase.FAILED, f"the fleet did not drain {old.id[:12]} in time; it still serves", now), \
-            [], None
+        return move(deploy, Phase.FAILED, f"the fleet did not drain {len(present)} containers in time; they still "
+                    "serve", now), [], None
     return deploy, [], now + POLL

@@ -31,6 +31,7 @@ class Instance:
     name: str
     state: str
     labels: Mapping[str, str] = field(default_factory=dict)
+    image: str = ""  # as it was asked for (a rollback starts the same again)
 
     @property
     def port(self) -> int:

@@ -102,7 +102,9 @@ class DockerRuntime:
 
 
 def _instance(container: Any) -> Instance:
-    return Instance(str(container.id), str(container.name), str(container.status), dict(container.labels or {}))
+    image = ((container.attrs or {}).get("Config") or {}).get("Image") or ""
+    return Instance(str(container.id), str(container.name), str(container.status), dict(container.labels or {}),
+                    str(image))
 
 
 def _free_port() -> int:

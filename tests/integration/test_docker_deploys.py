@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import yaml
@@ -206,11 +207,10 @@ async def test_a_rolling_deploy_replaces_containers_one_at_a_time_failing_no_req
             _, final = await controller.call(session, "GET", "/v1/deploys/shop")
             assert final["phase"] == "Succeeded", final
             whys = [h["why"] for h in final["history"]]
-            assert sum("retired container" in why for why in whys) == 3
-            # One at a time: every retirement came after a new container served.
-            order = [("new" if "new containers serving" in w else "old") for w in whys
-                     if "new containers serving" in w or "retired container" in w]
-            assert order == ["new", "old", "new", "old", "new", "old"], whys
+            # One at a time: each batch's new container served and was watched before an old one drained.
+            order = [next(step for key, step in (("watching", "new"), ("draining", "drain"), ("batch done", "done"))
+                          if key in w) for w in whys if any(k in w for k in ("watching", "draining", "batch done"))]
+            assert order == ["new", "drain", "done"] * 3, whys
             status, body = await controller.call(session, "POST", "/v1/deploys", {
                 "service": "shop", "image": image, "version": "v9", "strategy": "rolling"})
             assert status == 422 and "no running containers of shop/v9" in body["error"]
@@ -263,6 +263,81 @@ async def test_undo_inside_the_scale_down_delay_routes_back_to_the_old_container
         assert done["phase"] == "Aborted", done
         assert engine.client.containers.list(all=True, filters={"label": "turnout.deploy=shop-1"}) == []
         assert old.id in {c.id for c in engine.client.containers.list()}
+    finally:
+        edge.stop()
+        controller.stop()
+        engine.cleanup()
+
+
+async def test_rolling_deploys_are_gated_rolled_back_and_undone_to_a_revision_failing_no_request(
+        docker_engine: Engine, tmp_path: Path) -> None:  # noqa: F811
+    """Revision 1 (image a), revision 2 (image b) roll through; revision 3, an image that never answers,
+    is stopped in its first batch and rolled back; undo to revision 1 brings image a back. Zero failed
+    requests under load throughout."""
+    engine = docker_engine
+    controller, edge = controller_and_edge(engine, tmp_path)
+    image_a = engine.app_image("shop-app:a", "v1-a")
+    image_b = engine.app_image("shop-app:b", "v1-b")
+    broken = engine.app_image("shop-app:broken", "never", delay=3600)  # runs, never listens
+    try:
+        for _ in range(2):
+            p = free_port()
+            engine.web(p, "v1-old", {"turnout.service": "shop", "turnout.version": "v1", "turnout.port": str(p),
+                                     "turnout.host": "shop"})
+
+        async def only(expected: set[str]) -> bool:
+            return set(await versions_seen(edge.port, 8)) == expected
+        await until(lambda: only({"v1-old"}), 20)
+        failures: list[str] = []
+        stop = asyncio.Event()
+
+        async def load() -> None:
+            async with aiohttp.ClientSession() as session:
+                for i in range(20000):
+                    if stop.is_set():
+                        return
+                    try:
+                        async with session.get(f"http://127.0.0.1:{edge.port}/",
+                                               headers={"Host": "shop", "X-User": f"u{i % 40}"}) as r:
+                            await r.read()
+                            if r.status != 200:
+                                failures.append(str(r.status))
+                    except aiohttp.ClientError as exc:
+                        failures.append(repr(exc))
+                    await asyncio.sleep(0.01)
+        loader = asyncio.create_task(load())
+        gate = {"monitor": 1, "progressDeadline": 8}
+        async with aiohttp.ClientSession() as session:
+            async def deployed(body: dict[str, Any], path: str = "/v1/deploys") -> dict[str, Any]:
+                status, started = await controller.call(session, "POST", path, body)
+                assert status == 201, started
+
+                async def ended() -> bool:
+                    _, now = await controller.call(session, "GET", "/v1/deploys/shop")
+                    return bool(now["phase"] in ("Succeeded", "Aborted", "Failed"))
+                await until(ended, 90)
+                _, final = await controller.call(session, "GET", "/v1/deploys/shop")
+                return dict(final)
+            rolling = {"service": "shop", "version": "v1", "strategy": "rolling", "rolling": gate}
+            assert (await deployed({**rolling, "image": image_a}))["phase"] == "Succeeded"
+            assert await only({"v1-a"})
+            assert (await deployed({**rolling, "image": image_b}))["phase"] == "Succeeded"
+            assert await only({"v1-b"})
+            bad = await deployed({**rolling, "image": broken})
+            assert bad["phase"] == "Aborted" and "rolled back" in bad["reason"], bad
+            assert await only({"v1-b"})
+            undone = await deployed({"toRevision": 1}, "/v1/deploys/shop/undo")
+            assert undone["phase"] == "Succeeded" and undone["image"] == image_a and undone["revision"] == 4, undone
+            assert await only({"v1-a"})
+            status, history = await controller.call(session, "GET", "/v1/deploys/shop/history")
+            assert status == 200
+            assert [(r["revision"], r["image"], r["phase"]) for r in history["revisions"]] == [
+                (1, image_a, "Succeeded"), (2, image_b, "Succeeded"), (3, broken, "Aborted"), (4, image_a, "Succeeded")]
+        stop.set()
+        await loader
+        assert failures == [], failures[:5]
+        assert all(c.attrs["Config"]["Image"] == image_a for c in engine.client.containers.list(
+            filters={"label": "turnout.service=shop"}))
     finally:
         edge.stop()
         controller.stop()

@@ -180,19 +180,112 @@ async def test_a_rolling_deploy_replaces_one_at_a_time_never_below_its_replicas(
         check()
         clock.now = max(clock.now + 0.001, wake or clock.now)
     assert deploys.get("shop").phase == Phase.SUCCEEDED
-    assert sorted(runtime.removed) == old and all(c.labels["image"] == "app:2" for c in runtime.containers.values())
+    assert sorted(runtime.removed) == old and all(c.image == "app:2" for c in runtime.containers.values())
     assert all(removed_at[cid] - drained_at[cid] >= DRAIN_FOR for cid in old)  # drained, then kept for in-flight
     assert deploys.draining_ids() == frozenset()
 
 
-async def test_a_rolling_deploy_of_a_sick_image_stops_with_the_old_containers_serving() -> None:
-    deploys, runtime, _, clock = setup(old=3)
+def capacity_check(deploys: Deploys, runtime: FakeRuntime, releases: FakeReleases, replicas: int,
+                   surge: int = 1) -> object:
+    def check() -> None:
+        routed = releases.routed("shop", "v1")
+        assert routed is not None and len(routed.endpoints) >= replicas  # max unavailable 0
+        assert len(runtime.containers) <= replicas + surge
+    return check
+
+
+async def test_a_rolling_deploy_of_a_sick_image_rolls_back_in_its_first_batch() -> None:
+    deploys, runtime, releases, clock = setup(old=3)
     old = world_of(runtime, {"turnout.version": "v1"})
     runtime.sick.add("app:2")
-    await deploys.start("shop", "app:2", "v1", 1, "rolling", False, "tester")
-    await run(deploys, clock)
-    assert deploys.get("shop").phase == Phase.FAILED and runtime.removed and set(runtime.removed).isdisjoint(old)
+    started = await deploys.start("shop", "app:2", "v1", 1, "rolling", False, "tester")
+    assert started.previous_image == "app:1"
+    await run(deploys, clock, check=capacity_check(deploys, runtime, releases, 3))
+    done = deploys.get("shop")
+    assert done.phase == Phase.ABORTED and "rolled back" in done.reason
+    assert runtime.calls.count("run") == 1  # one batch, never a second
     assert world_of(runtime, {}) == old and deploys.draining_ids() == frozenset()
+
+
+async def test_a_batch_that_fails_while_watched_rolls_back_to_the_previous_image_with_care() -> None:
+    deploys, runtime, releases, clock = setup(old=3)
+    check = capacity_check(deploys, runtime, releases, 3, surge=2)  # the failed batch, and one restored
+    await deploys.start("shop", "app:2", "v1", 1, "rolling", False, "tester", {"monitor": 5})
+    for _ in range(500):  # the first batch goes through: one old container replaced
+        if len(runtime.removed) == 1:
+            break
+        clock.now = max(clock.now + 0.001, await deploys.step("shop") or clock.now)
+        check()
+    assert len(runtime.removed) == 1 and deploys.get("shop").phase == Phase.ROLLING
+    runtime.sick.add("app:2")  # the new image starts failing its health check
+    await run(deploys, clock, check=check)
+    done = deploys.get("shop")
+    assert done.phase == Phase.ABORTED and "app:1 serves everywhere" in done.reason
+    images = sorted(c.image for c in runtime.containers.values())
+    assert images == ["app:1", "app:1", "app:1"]  # the retired one was started again, the new ones went
+    assert any(c.labels.get("turnout.deploy") == "shop-1-rollback" for c in runtime.containers.values())
+
+
+async def test_batches_of_two_wait_their_delay_between_them() -> None:
+    deploys, runtime, releases, clock = setup(old=4)
+    check = capacity_check(deploys, runtime, releases, 4, surge=2)
+    await deploys.start("shop", "app:2", "v1", 1, "rolling", False, "tester",
+                        {"parallelism": 2, "delay": 30, "monitor": 1})
+    removed_at: list[float] = []
+    for _ in range(500):
+        if not deploys.get("shop").active:
+            break
+        before = len(runtime.removed)
+        wake = await deploys.step("shop")
+        removed_at += [clock.now] * (len(runtime.removed) - before)
+        check()
+        clock.now = max(clock.now + 0.001, wake or clock.now)
+    assert deploys.get("shop").phase == Phase.SUCCEEDED and len(removed_at) == 4
+    assert removed_at[1] - removed_at[0] < 1 and removed_at[2] - removed_at[1] >= 30  # two at once, then the delay
+
+
+async def test_failure_action_stop_leaves_what_serves() -> None:
+    deploys, runtime, _, clock = setup(old=2)
+    old = world_of(runtime, {})
+    runtime.sick.add("app:2")
+    await deploys.start("shop", "app:2", "v1", 1, "rolling", False, "tester", {"failureAction": "stop"})
+    await run(deploys, clock)
+    assert deploys.get("shop").phase == Phase.FAILED and "stopped" in deploys.get("shop").reason
+    assert runtime.removed == [] and set(old) < set(world_of(runtime, {}))
+
+
+async def test_every_deploy_is_a_revision_and_undo_deploys_an_earlier_one_through_the_same_gates() -> None:
+    deploys, runtime, releases, clock = setup(old=2)
+    await deploys.start("shop", "app:2", "v1", 1, "rolling", False, "alice")
+    await run(deploys, clock)
+    runtime.images.add("app:3")
+    await deploys.start("shop", "app:3", "v1", 1, "rolling", False, "bob")
+    await run(deploys, clock)
+    assert [(r.revision, r.image, r.phase) for r in deploys.revisions("shop")] == [
+        (1, "app:2", Phase.SUCCEEDED), (2, "app:3", Phase.SUCCEEDED)]
+    undone = await deploys.undo("shop", 1, "carol")
+    assert (undone.revision, undone.image, undone.strategy, undone.version) == (3, "app:2", "rolling", "v1")
+    await run(deploys, clock, check=capacity_check(deploys, runtime, releases, 2))
+    assert sorted(c.image for c in runtime.containers.values()) == ["app:2", "app:2"]
+    await deploys.undo("shop", None, "dave")  # the one before the latest: revision 2
+    await run(deploys, clock)
+    assert sorted(c.image for c in runtime.containers.values()) == ["app:3", "app:3"]
+    with pytest.raises(DeployError) as refused:
+        await deploys.undo("shop", 9, "erin")
+    assert refused.value.status == 404
+    restarted = Deploys(releases, runtime, clock)
+    restarted.restore(releases.saved)
+    assert [r.revision for r in restarted.revisions("shop")] == [1, 2, 3, 4]
+
+
+async def test_undo_of_the_first_rolling_deploy_brings_back_the_image_it_replaced() -> None:
+    deploys, runtime, _, clock = setup(old=2)
+    await deploys.start("shop", "app:2", "v1", 1, "rolling", False, "alice")
+    await run(deploys, clock)
+    await deploys.undo("shop", None, "bob")
+    await run(deploys, clock)
+    assert deploys.get("shop").phase == Phase.SUCCEEDED
+    assert sorted(c.image for c in runtime.containers.values()) == ["app:1", "app:1"]
 
 
 async def test_bad_starts_are_refused_and_change_nothing() -> None:
@@ -209,6 +302,12 @@ async def test_bad_starts_are_refused_and_change_nothing() -> None:
     with pytest.raises(DeployError) as refused:
         await deploys.start("shop", "app:2", "v9", 1, "rolling", False, "tester")
     assert refused.value.field == "version"
+    for options, field in (({"parallelism": 0}, "rolling.parallelism"), ({"delay": -1}, "rolling.delay"),
+                           ({"progressDeadline": 0}, "rolling.progressDeadline"),
+                           ({"failureAction": "pray"}, "rolling.failureAction")):
+        with pytest.raises(DeployError) as refused:
+            await deploys.start("shop", "app:2", "v1", 1, "rolling", False, "tester", options)
+        assert refused.value.field == field
     assert deploys.deploys == {} and runtime.calls.count("run") == 0 and releases.numbers == {}
     await deploys.start("shop", "app:9", "v2", 1, "canary", True, "tester")  # --pull
     with pytest.raises(DeployError) as refused:
@@ -233,13 +332,13 @@ def test_every_move_outside_the_table_is_refused_and_changes_nothing() -> None:
         else:
             with pytest.raises(DeployError):
                 move(deploy, target, "why", 1.0)
-    assert frozenset({Phase.CREATING, Phase.RELEASING, Phase.ROLLING, Phase.CLEANING_UP}) == ACTIVE
+    assert frozenset({Phase.CREATING, Phase.RELEASING, Phase.ROLLING, Phase.ROLLING_BACK, Phase.CLEANING_UP}) == ACTIVE
     assert base.phase == Phase.CREATING
 
 
 def test_the_engine_reads_no_clock_a_pause_of_the_world_changes_nothing() -> None:
     """The same deploy, world and ``now`` give the same answer; nothing happens between calls."""
-    deploy = engine.new_deploy("shop-1", "shop", "v2", "app:2", 2, "canary", "/", {"a": "v1"}, "t", 0.0)
+    deploy = engine.new_deploy("shop-1", "shop", "v2", "app:2", 2, "canary", "/", {"a": ("v1", "app:1")}, "t", 0.0)
     world = World((Container("n1", 1, "running", True), Container("n2", 2, "created")), (Container("a", 3),),
                   Routed(frozenset(), frozenset()))
     assert advance(deploy, world, 5.0) == advance(deploy, world, 5.0)
@@ -255,7 +354,7 @@ def test_the_engine_reads_no_clock_a_pause_of_the_world_changes_nothing() -> Non
 
 
 def test_a_deploy_survives_its_own_record() -> None:
-    deploy = engine.new_deploy("shop-1", "shop", "v1", "app:2", 1, "rolling", "/health", {"a": "v1", "b": "v1"},
+    deploy = engine.new_deploy("shop-1", "shop", "v1", "app:2", 1, "rolling", "/health", {"a": ("v1", "app:1"), "b": ("v1", "app:1")},
                                "t", 3.0)
     assert Deploy.restored(deploy.saved()) == deploy
     with pytest.raises((KeyError, TypeError, ValueError)):

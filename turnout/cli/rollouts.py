@@ -31,32 +31,71 @@ COMMANDS = ("pause", "resume", "promote", "abort", "retry", "undo")
 WATCH_EVERY = 0.5  # seconds between two reads of the rollout
 
 
+DEPLOY_ACTIONS = ("history", "undo")
+
+
 def add_deploy_parser(sub: Any, client: argparse.ArgumentParser) -> None:
-    deploy = sub.add_parser("deploy", parents=[client], help="deploy an image as a new version (controller, Docker)")
-    deploy.add_argument("service")
+    deploy = sub.add_parser(
+        "deploy", parents=[client], help="deploy an image (controller, Docker); its history and undo",
+        usage="turnout deploy SERVICE --image IMAGE:TAG --version V [...] | turnout deploy SERVICE "
+              "| turnout deploy history SERVICE | turnout deploy undo SERVICE [--to-revision N]")
+    deploy.add_argument("words", nargs="+", metavar="SERVICE", help="SERVICE, or history SERVICE, or undo SERVICE")
     deploy.add_argument("--image", metavar="IMAGE:TAG", help="start a deploy of this image (without: its status)")
-    deploy.add_argument("--version", dest="deploy_version", metavar="VERSION", help="the new version's name")
+    deploy.add_argument("--version", dest="deploy_version", metavar="VERSION", help="the version's name")
     deploy.add_argument("--replicas", type=int, default=1)
     deploy.add_argument("--strategy", choices=["canary", "blueGreen", "rolling"], default="canary",
-                        help="rolling: replace the containers of an existing version one at a time")
+                        help="rolling: replace the containers of an existing version, a batch at a time")
     deploy.add_argument("--pull", action="store_true", help="pull the image if the engine lacks it (default: never)")
+    deploy.add_argument("--parallelism", type=int, help="rolling: new containers per batch (default 1)")
+    deploy.add_argument("--delay", type=float, help="rolling: seconds between batches (default 0)")
+    deploy.add_argument("--monitor", type=float, help="rolling: seconds a batch must stay healthy (default 5)")
+    deploy.add_argument("--progress-deadline", type=float, help="rolling: seconds a batch has to get healthy and "
+                        "routed (default 60)")
+    deploy.add_argument("--failure-action", choices=["rollback", "stop"], help="rolling: when a batch fails "
+                        "(default rollback)")
+    deploy.add_argument("--to-revision", type=int, metavar="N", help="undo: the revision to go back to "
+                        "(default: the one before the latest)")
 
 
 def run_deploy(api: AdminClient, args: argparse.Namespace) -> int:
     if api.kind != "controller":
         raise ClientError("deploys run in the controller: pass --controller URL or set TURNOUT_CONTROLLER_URL")
-    if args.image is None:
-        answer = api.call("GET", f"/v1/deploys/{args.service}")
+    words = list(args.words)
+    action = words.pop(0) if len(words) == 2 and words[0] in DEPLOY_ACTIONS else None
+    if len(words) != 1:
+        raise ClientError("expected: turnout deploy SERVICE [...], turnout deploy history SERVICE or "
+                          "turnout deploy undo SERVICE")
+    service = words[0]
+    if action == "history":
+        answer = api.call("GET", f"/v1/deploys/{service}/history")
+        return _print(args, answer, "\n".join(_revision_line(r) for r in answer["revisions"]))
+    if action == "undo":
+        body = {} if args.to_revision is None else {"toRevision": args.to_revision}
+        answer = api.call("POST", f"/v1/deploys/{service}/undo", body)
+    elif args.image is None:
+        answer = api.call("GET", f"/v1/deploys/{service}")
     else:
         if not args.deploy_version:
             raise ClientError("deploy needs --version VERSION (the new version's name)")
-        answer = api.call("POST", "/v1/deploys", {"service": args.service, "image": args.image,
-                                                  "version": args.deploy_version, "replicas": args.replicas,
-                                                  "strategy": args.strategy, "pull": args.pull})
-    text = f"deploy {answer['id']}: {answer['phase']}: {answer['reason']}"
+        rolling = {key: value for key, value in (
+            ("parallelism", args.parallelism), ("delay", args.delay), ("monitor", args.monitor),
+            ("progressDeadline", args.progress_deadline), ("failureAction", args.failure_action))
+            if value is not None}
+        body = {"service": service, "image": args.image, "version": args.deploy_version, "replicas": args.replicas,
+                "strategy": args.strategy, "pull": args.pull}
+        if rolling:
+            body["rolling"] = rolling
+        answer = api.call("POST", "/v1/deploys", body)
+    text = f"deploy {answer['id']} (revision {answer['revision']}): {answer['phase']}: {answer['reason']}"
     if "rollout" in answer:
         text += "\n" + render_text(answer["rollout"])
     return _print(args, answer, text)
+
+
+def _revision_line(revision: dict[str, Any]) -> str:
+    first = revision["history"][0] if revision["history"] else {"at": "", "why": ""}
+    return (f"{revision['revision']:>3}  {first['at']}  {revision['image']} as {revision['version']} "
+            f"({revision['strategy']}): {revision['phase']}: {revision['reason']}")
 
 
 def add_parser(sub: Any, client: argparse.ArgumentParser) -> None:
