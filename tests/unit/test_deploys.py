@@ -332,7 +332,8 @@ def test_every_move_outside_the_table_is_refused_and_changes_nothing() -> None:
         else:
             with pytest.raises(DeployError):
                 move(deploy, target, "why", 1.0)
-    assert frozenset({Phase.CREATING, Phase.RELEASING, Phase.ROLLING, Phase.ROLLING_BACK, Phase.CLEANING_UP}) == ACTIVE
+    assert frozenset({Phase.CREATING, Phase.RELEASING, Phase.ROLLING, Phase.ROLLING_BACK,
+                      Phase.CLEANING_UP}) == ACTIVE
     assert base.phase == Phase.CREATING
 
 
@@ -354,8 +355,8 @@ def test_the_engine_reads_no_clock_a_pause_of_the_world_changes_nothing() -> Non
 
 
 def test_a_deploy_survives_its_own_record() -> None:
-    deploy = engine.new_deploy("shop-1", "shop", "v1", "app:2", 1, "rolling", "/health", {"a": ("v1", "app:1"), "b": ("v1", "app:1")},
-                               "t", 3.0)
+    existing = {"a": ("v1", "app:1"), "b": ("v1", "app:1")}
+    deploy = engine.new_deploy("shop-1", "shop", "v1", "app:2", 1, "rolling", "/health", existing, "t", 3.0)
     assert Deploy.restored(deploy.saved()) == deploy
     with pytest.raises((KeyError, TypeError, ValueError)):
         Deploy.restored({**deploy.saved(), "phase": "Sideways"})
