@@ -5,6 +5,7 @@ no socket, no process, no sleep. The same deploys on a real engine: tests/integr
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import pytest
 
@@ -53,14 +54,14 @@ def setup(old_version: str = "v1", old: int = 2) -> tuple[Deploys, FakeRuntime, 
 
 
 async def run(deploys: Deploys, clock: Clock, until: set[Phase] | None = None, limit: int = 500,
-              check: object = None) -> None:
+              check: Callable[[], None] | None = None) -> None:
     """Step the shop deploy at each wake-up time until it is in ``until`` (default: not active)."""
     for _ in range(limit):
         deploy = deploys.get("shop")
         if (until is None and not deploy.active) or (until is not None and deploy.phase in until):
             return
         wake = await deploys.step("shop")
-        if callable(check):
+        if check is not None:
             check()
         clock.now = max(clock.now + 0.001, wake if wake is not None else clock.now)
     raise AssertionError(f"still {deploys.get('shop').phase}: {deploys.get('shop').reason}")
@@ -186,7 +187,7 @@ async def test_a_rolling_deploy_replaces_one_at_a_time_never_below_its_replicas(
 
 
 def capacity_check(deploys: Deploys, runtime: FakeRuntime, releases: FakeReleases, replicas: int,
-                   surge: int = 1) -> object:
+                   surge: int = 1) -> Callable[[], None]:
     def check() -> None:
         routed = releases.routed("shop", "v1")
         assert routed is not None and len(routed.endpoints) >= replicas  # max unavailable 0
