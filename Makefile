@@ -35,7 +35,7 @@ run: $(BIN)/.installed
 	wait -n $$controller $$proxy; kill -TERM $$controller $$proxy $$load 2>/dev/null; wait
 
 lint: $(BIN)/.installed-test
-	$(BIN)/ruff check setup.py proxy controller tests benchmarks
+	$(BIN)/ruff check setup.py proxy controller tests benchmarks image
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

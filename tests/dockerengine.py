@@ -5,6 +5,7 @@ listen on 127.0.0.1 ports the tests choose."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -74,6 +75,25 @@ class Engine:
         for label in (TEST_LABEL, "turnout.deploy"):
             for container in self.client.containers.list(all=True, filters={"label": label}):
                 container.remove(force=True)
+
+
+def health(container: Any) -> dict[str, Any]:
+    """The container's Docker health: ``Status`` and ``Log`` (each check's ``Output``)."""
+    container.reload()
+    return dict((container.attrs.get("State") or {}).get("Health") or {})
+
+
+async def wait_healthy(containers: list[Any], seconds: float = 40) -> None:
+    """Wait until Docker says every one of ``containers`` is healthy, by its image's HEALTHCHECK."""
+    deadline = time.monotonic() + seconds
+    while {health(c).get("Status") for c in containers} != {"healthy"}:
+        assert time.monotonic() < deadline, [(c.name, health(c), c.logs()[-500:]) for c in containers]
+        await asyncio.sleep(0.5)
+
+
+def last_check(container: Any) -> str:
+    """What the last health check printed."""
+    return str(health(container)["Log"][-1]["Output"])
 
 
 def _image_tar(folder: Path) -> Path:
