@@ -30,7 +30,7 @@ COPY image/entrypoint.sh /usr/local/bin/turnout-entrypoint
 COPY image/health.py /usr/local/bin/turnout-health
 RUN python3 -m venv /opt/turnout \
     && { /opt/turnout/bin/pip install --no-cache-dir --disable-pip-version-check --no-index --find-links /wheels turnout \
-         || { echo "The wheels do not fit this image's $(python3 -V): build wheels/ with that Python version" \
+         || { echo "wheels/ has no wheels for this image's $(python3 -V): build them with that Python version" \
                    "(docs/docker.md)" >&2; exit 1; }; } \
     && rm -rf /wheels \
     && chmod 755 /usr/local/bin/turnout-entrypoint /usr/local/bin/turnout-health \

@@ -11,14 +11,14 @@ BIN := $(VENV)/bin
 # sources, so it is redone whenever one of those sources changes (proxy/build.py lists them).
 HOT_PATH := $(shell sed -n 's/^    "\(proxy\/.*\.py\)",$$/\1/p' proxy/build.py)
 $(BIN)/.installed: pyproject.toml setup.py $(HOT_PATH)
-	@echo "Installing Turnout into $(VENV) and compiling its hot path with mypyc (about a minute or two, once)"
+	@echo "Installing Turnout into $(VENV) and compiling its hot path with mypyc (a minute or two)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e .
 	touch $@
 
 # The test toolchain with the project, in one install (one compile); it also stands for the plain one.
 $(BIN)/.installed-test: pyproject.toml setup.py $(HOT_PATH)
-	@echo "Installing Turnout and its test tools into $(VENV), compiling the hot path (about two minutes, once)"
+	@echo "Installing Turnout and its test tools into $(VENV), compiling the hot path (about two minutes)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(BIN)/.installed $@
