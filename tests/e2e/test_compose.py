@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from ..dockerengine import Engine, docker_engine, last_check, turnout_image, wait_healthy  # noqa: F401
+from ..dockerengine import Engine, last_check, wait_healthy
 from ..integration.test_managed import until
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "compose"
@@ -69,7 +69,7 @@ def _volumes(engine: Engine) -> set[str]:
     return {volume.name for volume in engine.client.volumes.list()}
 
 
-async def test_the_sidecar_example_discovers_and_splits(docker_engine: Engine, turnout_image: str) -> None:  # noqa: F811
+async def test_the_sidecar_example_discovers_and_splits(docker_engine: Engine, turnout_image: str) -> None:
     compose = Compose("sidecar", docker_engine, turnout_image)
     volumes = _volumes(docker_engine)
     up = await asyncio.to_thread(compose, "up", "-d")
@@ -95,8 +95,8 @@ async def test_the_sidecar_example_discovers_and_splits(docker_engine: Engine, t
     assert _volumes(docker_engine) == volumes  # no anonymous volume left behind
 
 
-async def test_the_edge_example_follows_its_controller_and_deploys(docker_engine: Engine,  # noqa: F811
-                                                                   turnout_image: str) -> None:  # noqa: F811
+async def test_the_edge_example_follows_its_controller_and_deploys(docker_engine: Engine,
+                                                                   turnout_image: str) -> None:
     compose = Compose("edge", docker_engine, turnout_image)
     app = docker_engine.app_image("edge-app:3", "v3")
     volumes = _volumes(docker_engine)

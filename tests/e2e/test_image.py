@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from ..dockerengine import Engine, docker_engine, health, last_check, turnout_image, wait_healthy  # noqa: F401
+from ..dockerengine import Engine, health, last_check, wait_healthy
 from ..integration.test_managed import free_port, until
 
 
@@ -24,7 +24,7 @@ async def _get(url: str, **headers: str) -> tuple[int, str]:
         return 0, ""
 
 
-async def test_the_image_runs_the_proxy_and_the_controller(docker_engine: Engine, turnout_image: str,  # noqa: F811
+async def test_the_image_runs_the_proxy_and_the_controller(docker_engine: Engine, turnout_image: str,
                                                            tmp_path: Path) -> None:
     engine = docker_engine
     volumes_before = {v.name for v in engine.client.volumes.list()}
@@ -93,8 +93,8 @@ async def test_the_image_runs_the_proxy_and_the_controller(docker_engine: Engine
     assert {v.name for v in engine.client.volumes.list()} == volumes_before  # no anonymous volume left
 
 
-async def test_an_app_image_built_from_it_is_not_made_unhealthy(docker_engine: Engine,  # noqa: F811
-                                                              turnout_image: str) -> None:  # noqa: F811
+async def test_an_app_image_built_from_it_is_not_made_unhealthy(docker_engine: Engine,
+                                                              turnout_image: str) -> None:
     """An app image ``FROM turnout`` with its own entrypoint inherits the HEALTHCHECK: with no Turnout
     process in the container there is nothing of Turnout's to check, so it does not fail."""
     engine = docker_engine
