@@ -4,19 +4,21 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench clean servers
+.PHONY: run test lint bench clean servers image
 
 # `make run` installs what Turnout needs to run; `make test` adds the test toolchain. The install compiles
 # the hot path with mypyc (setup.py; pure Python where no C compiler exists) into extensions beside the
 # sources, so it is redone whenever one of those sources changes (proxy/build.py lists them).
 HOT_PATH := $(shell sed -n 's/^    "\([a-z]*\/.*\.py\)",$$/\1/p' proxy/build.py)
 $(BIN)/.installed: pyproject.toml setup.py $(HOT_PATH)
+	@echo "Installing Turnout into $(VENV) and compiling its hot path with mypyc (a minute or two)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e .
 	touch $@
 
 # The test toolchain with the project, in one install (one compile); it also stands for the plain one.
 $(BIN)/.installed-test: pyproject.toml setup.py $(HOT_PATH)
+	@echo "Installing Turnout and its test tools into $(VENV), compiling the hot path (about two minutes)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(BIN)/.installed $@
@@ -33,7 +35,7 @@ run: $(BIN)/.installed
 	wait -n $$controller $$proxy; kill -TERM $$controller $$proxy $$load 2>/dev/null; wait
 
 lint: $(BIN)/.installed-test
-	$(BIN)/ruff check setup.py turnout proxy controller tests benchmarks
+	$(BIN)/ruff check setup.py turnout proxy controller tests benchmarks image
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
@@ -67,6 +69,40 @@ test: lint servers
 	rm -rf $(PURE) && mkdir -p $(PURE) && cp -r pyproject.toml setup.py turnout proxy controller tests config $(PURE)/
 	find $(PURE) \( -name '*.so' -o -name __pycache__ \) -prune -exec rm -rf {} +
 	cd $(PURE) && TURNOUT_EXPECT_BUILD=pure $(CURDIR)/$(BIN)/pytest -q -p no:cacheprovider $(HOT_TESTS)
+
+# `make image`: Turnout's image, built with no registry (docs/docker.md), as the tests build it. The base
+# is Debian ($(DEBIAN_SUITE)) with Python, made by debootstrap (from the Debian mirror, as root) and
+# imported into the engine; the wheels are built here by .venv's Python, which must be the base's Python
+# version (the check below says so before the build); docker build installs them with no index.
+# DOCKER_HOST picks the engine, IMAGE the tag.
+IMAGE ?= turnout
+DEBIAN_SUITE ?= bookworm
+DEBIAN_MIRROR ?= http://deb.debian.org/debian
+BASE_IMAGE ?= turnout-base/debian-python:$(DEBIAN_SUITE)
+DOCKER ?= docker
+BASE_TAR := build/image/$(DEBIAN_SUITE).tar
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(BASE_TAR):
+	@command -v debootstrap >/dev/null || { echo "make image needs Debian's debootstrap (apt-get install debootstrap)"; exit 1; }
+	@echo "Making the base image's root file system: Debian $(DEBIAN_SUITE) with Python (debootstrap, about a minute)"
+	$(SUDO) rm -rf build/image/rootfs && mkdir -p build/image
+	$(SUDO) debootstrap --variant=minbase --include=python3,python3-venv $(DEBIAN_SUITE) build/image/rootfs \
+		$(DEBIAN_MIRROR) >build/image/debootstrap.log
+	$(SUDO) rm -rf build/image/rootfs/var/cache/apt/archives/*.deb
+	basename "$$(readlink -f build/image/rootfs/usr/bin/python3)" >$(BASE_TAR:.tar=.python)
+	$(SUDO) tar --numeric-owner -C build/image/rootfs -cf $@.part . && mv $@.part $@
+	$(SUDO) rm -rf build/image/rootfs
+
+image: $(BASE_TAR) | $(BIN)/python
+	@want=$$(cat $(BASE_TAR:.tar=.python)); have=$$($(BIN)/python -c 'import sys; print("python%d.%d" % sys.version_info[:2])'); \
+	[ "$$want" = "$$have" ] || { echo "the wheels would be for $$have ($(BIN)/python), Debian $(DEBIAN_SUITE) has $$want:" \
+	  "pick the suite with your Python (DEBIAN_SUITE=…) or recreate $(VENV) with that Python (PYTHON=…)"; exit 1; }
+	$(DOCKER) image inspect $(BASE_IMAGE) >/dev/null 2>&1 || $(DOCKER) import $(BASE_TAR) $(BASE_IMAGE)
+	@echo "Building the wheels into wheels/ (Turnout's compiled by mypyc: about a minute)"
+	rm -rf wheels && $(BIN)/pip wheel --quiet --disable-pip-version-check --wheel-dir wheels .
+	$(DOCKER) build --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg BUILD_IMAGE=$(BASE_IMAGE) -t $(IMAGE) .
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/run.py

@@ -5,11 +5,12 @@ listen on 127.0.0.1 ports the tests choose."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
 import shutil
 import signal
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -76,6 +77,25 @@ class Engine:
                 container.remove(force=True)
 
 
+def health(container: Any) -> dict[str, Any]:
+    """The container's Docker health: ``Status`` and ``Log`` (each check's ``Output``)."""
+    container.reload()
+    return dict((container.attrs.get("State") or {}).get("Health") or {})
+
+
+async def wait_healthy(containers: list[Any], seconds: float = 40) -> None:
+    """Wait until Docker says every one of ``containers`` is healthy, by its image's HEALTHCHECK."""
+    deadline = time.monotonic() + seconds
+    while {health(c).get("Status") for c in containers} != {"healthy"}:
+        assert time.monotonic() < deadline, [(c.name, health(c), c.logs()[-500:]) for c in containers]
+        await asyncio.sleep(0.5)
+
+
+def last_check(container: Any) -> str:
+    """What the last health check printed."""
+    return str(health(container)["Log"][-1]["Output"])
+
+
 def _image_tar(folder: Path) -> Path:
     busybox = shutil.which("busybox") or "/bin/busybox"
     rootfs = folder / "rootfs"
@@ -139,39 +159,17 @@ def _unmount_under(root: Path) -> None:
 
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = "turnout-test/debian-python:bookworm"
 TURNOUT_IMAGE = "turnout:test"
 
 
 @pytest.fixture(scope="session")
-def turnout_image(docker_engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    engine = docker_engine
-    debootstrap = shutil.which("debootstrap")
-    if debootstrap is None:
+def turnout_image(docker_engine: Engine) -> Iterator[str]:
+    """Turnout's image, built on the test's engine by the documented offline command, ``make image``: a
+    Debian base with Python made by debootstrap and imported (kept in build/image/ for the next run),
+    the wheels built by .venv's Python, ``docker build`` installing them with no index."""
+    if shutil.which("debootstrap") is None:
         pytest.fail("Debian's debootstrap is needed to make the image's base offline (make test installs it)")
-    folder = tmp_path_factory.mktemp("base")
-    rootfs = folder / "rootfs"
-    subprocess.run([debootstrap, "--variant=minbase", "--include=python3,python3-venv", "bookworm", str(rootfs),
-                    "http://deb.debian.org/debian"], check=True, capture_output=True, timeout=600)
-    shutil.rmtree(rootfs / "var/cache/apt/archives", ignore_errors=True)
-    archive = folder / "rootfs.tar"
-    with tarfile.open(archive, "w") as tar:
-        tar.add(rootfs, arcname=".")
-    with open(archive, "rb") as data:
-        engine.client.api.import_image_from_data(data.read(), repository=BASE.split(":")[0], tag=BASE.split(":")[1])
-    # The build context: the project as a user has it, plus a wheelhouse made here, so the build needs
-    # no network (the image installs from wheels/ with no index when the folder is there).
-    context = folder / "context"
-    context.mkdir()
-    for name in ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, context / name)
-    for name in ("proxy", "controller", "config"):
-        shutil.copytree(ROOT / name, context / name, ignore=shutil.ignore_patterns("__pycache__", "*.token",
-                                                                                 "*.state.json*", "*.snapshot.json"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(context / "wheels"),
-                    str(ROOT)], check=True, capture_output=True, timeout=600)
-    engine.client.images.build(path=str(context), tag=TURNOUT_IMAGE, pull=False, rm=True, forcerm=True,
-                               buildargs={"BASE_IMAGE": BASE, "BUILD_IMAGE": BASE})
+    built = subprocess.run(["make", "-C", str(ROOT), "image", f"IMAGE={TURNOUT_IMAGE}"], capture_output=True,
+                           text=True, timeout=900, env={**os.environ, "DOCKER_HOST": docker_engine.url})
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     yield TURNOUT_IMAGE
-
-

@@ -1,7 +1,9 @@
 """The docker-compose examples (``examples/compose``), brought up with Debian's docker-compose on the
-real engine with Turnout's image (built offline): the split is seen from outside, the edge setup's
-controller completes a ``turnout deploy`` of a new image, a stopped version leaves the routing, and
-``docker-compose down`` takes it all down."""
+real engine with Turnout's image (built offline by ``make image``), as their READMEs run them: every
+container healthy by the image's health check (Turnout's at the admin address its config gives it), the
+split seen from outside, ``turnout`` run inside the containers (status, proxies, and the edge setup's
+``turnout deploy`` of a new image, completed), a stopped version leaving the routing, and
+``docker-compose down`` taking it all down with no volume left behind."""
 
 from __future__ import annotations
 
@@ -11,11 +13,12 @@ import shutil
 import subprocess
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
-from ..dockerengine import Engine, docker_engine, turnout_image  # noqa: F401 - the fixtures
+from ..dockerengine import Engine, last_check, wait_healthy
 from ..integration.test_managed import until
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "compose"
@@ -48,13 +51,27 @@ class Compose:
     def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*self.command, *args], env=self.env, text=True, capture_output=True, timeout=120)
 
-    def containers(self) -> list[object]:
+    def containers(self) -> list[Any]:
         label = f"com.docker.compose.project={self.command[-1]}"
         return list(self.engine.client.containers.list(all=True, filters={"label": label}))
 
+    def container(self, service: str) -> Any:
+        return next(c for c in self.containers() if c.labels["com.docker.compose.service"] == service)
 
-async def test_the_sidecar_example_discovers_and_splits(docker_engine: Engine, turnout_image: str) -> None:  # noqa: F811
+    async def turnout(self, service: str, *args: str) -> str:
+        """``docker-compose exec SERVICE turnout ARGS…``, as the READMEs run it; its output."""
+        done = await asyncio.to_thread(self, "exec", "-T", service, "turnout", *args)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+
+def _volumes(engine: Engine) -> set[str]:
+    return {volume.name for volume in engine.client.volumes.list()}
+
+
+async def test_the_sidecar_example_discovers_and_splits(docker_engine: Engine, turnout_image: str) -> None:
     compose = Compose("sidecar", docker_engine, turnout_image)
+    volumes = _volumes(docker_engine)
     up = await asyncio.to_thread(compose, "up", "-d")
     assert up.returncode == 0, up.stderr
     try:
@@ -63,6 +80,9 @@ async def test_the_sidecar_example_discovers_and_splits(docker_engine: Engine, t
         await until(both, 60)
         split = await _versions(8080, 400)
         assert set(split) == {"v1", "v2"} and 230 < split["v1"] < 370, split  # the labels say 3:1
+        await wait_healthy(compose.containers())
+        assert last_check(compose.container("turnout")).startswith("GET http://127.0.0.1:9901/ready: 200")
+        assert "service app" in await compose.turnout("turnout", "status")
         stopped = await asyncio.to_thread(compose, "stop", "app-v2")
         assert stopped.returncode == 0, stopped.stderr
 
@@ -70,26 +90,32 @@ async def test_the_sidecar_example_discovers_and_splits(docker_engine: Engine, t
             return set(await _versions(8080, 20)) == {"v1"}
         await until(only_v1, 30)
     finally:
-        down = await asyncio.to_thread(compose, "down", "-v", "--timeout", "5")
+        down = await asyncio.to_thread(compose, "down", "--timeout", "5")
     assert down.returncode == 0 and compose.containers() == []
+    assert _volumes(docker_engine) == volumes  # no anonymous volume left behind
 
 
-async def test_the_edge_example_follows_its_controller_and_deploys(docker_engine: Engine,  # noqa: F811
-                                                                   turnout_image: str) -> None:  # noqa: F811
+async def test_the_edge_example_follows_its_controller_and_deploys(docker_engine: Engine,
+                                                                   turnout_image: str) -> None:
     compose = Compose("edge", docker_engine, turnout_image)
     app = docker_engine.app_image("edge-app:3", "v3")
+    volumes = _volumes(docker_engine)
     up = await asyncio.to_thread(compose, "up", "-d")
     assert up.returncode == 0, up.stderr
     try:
         async def both() -> bool:
             return set(await _versions(8081, 20)) == {"v1", "v2"}
         await until(both, 60)
+        await wait_healthy(compose.containers())
+        # The edge's check asks its own admin API, on 9902 (not a 9901 some other proxy might answer).
+        assert last_check(compose.container("edge")).startswith("GET http://127.0.0.1:9902/ready: 200")
+        assert last_check(compose.container("controller")).startswith("GET http://127.0.0.1:9911/ready: 200")
+        assert "edge-1" in await compose.turnout("controller", "proxies")
+        assert "service app" in await compose.turnout("edge", "status")
+        started = await compose.turnout("controller", "deploy", "app", "--image", app, "--version", "v3")
+        assert started.startswith("deploy "), started
         headers = {"Authorization": "Bearer s3cret"}
         async with aiohttp.ClientSession(headers=headers) as session:
-            async with session.post("http://127.0.0.1:9911/v1/deploys",
-                                    json={"service": "app", "image": app, "version": "v3"}) as response:
-                assert response.status == 201, await response.text()
-
             async def deployed() -> bool:
                 async with session.get("http://127.0.0.1:9911/v1/deploys/app") as response:
                     return (await response.json())["phase"] in ("Succeeded", "Aborted", "Failed")
@@ -99,6 +125,7 @@ async def test_the_edge_example_follows_its_controller_and_deploys(docker_engine
         assert done["phase"] == "Succeeded", done
         assert set(await _versions(8081, 20)) == {"v3"}  # through the edge proxy, which has no Docker access
     finally:
-        down = await asyncio.to_thread(compose, "down", "-v", "--timeout", "5")
+        down = await asyncio.to_thread(compose, "down", "--timeout", "5")
         docker_engine.cleanup()  # the containers the deploy started are Turnout's, not compose's
     assert down.returncode == 0 and compose.containers() == []
+    assert _volumes(docker_engine) == volumes  # no anonymous volume left behind
